@@ -1,0 +1,359 @@
+"""The one ResNet-family engine.
+
+It owns everything the families share: the stem (plain 7x7 or deep 3x3 x3), the shortcut
+downsampling (strided 1x1 conv, or average pool + 1x1 conv), the stages with their strides,
+dilations, multi-grid and contracted dilation, frozen stages and ``norm_eval``, the outputs and
+their metadata, weight initialisation and checkpoint loading. A family subclass contributes only its
+block class, its table of depths and its block arguments.
+"""
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
+from .blocks import ResidualBlock
+
+ArchTable = dict[int, tuple[type[ResidualBlock], tuple[int, ...]]]
+
+
+class ResNetEngine(BaseModule):
+    """ResNet-family backbone: stem, four residual stages, multi-scale outputs.
+
+    Subclasses set ``arch_settings`` (depth -> block class and blocks per stage) and pass their
+    block arguments as ``block_kwargs``. All arguments are keyword-only; an unknown one raises.
+
+    Args:
+        depth: Network depth, a key of the family's ``arch_settings``.
+        in_channels: Channels of the input image.
+        stem_channels: Output channels of the stem (default: ``base_channels``).
+        base_channels: ``planes`` of the first stage; stage ``i`` has ``base_channels * 2**i``.
+        num_stages: Number of residual stages, 1 to 4.
+        strides: Stride of the first block of each stage.
+        dilations: Dilation of each stage.
+        out_indices: Stages whose outputs are returned, in order.
+        style: ``'pytorch'`` (stride on the 3x3 conv) or ``'caffe'`` (stride on the first 1x1).
+        deep_stem: Three 3x3 convs instead of one 7x7 conv (ResNet-C / V1c).
+        avg_down: Average-pool then 1x1 conv in strided shortcuts (ResNet-D / V1d).
+        frozen_stages: Stages whose parameters are frozen and norms kept in eval mode
+            (-1: none, 0: the stem, ``i``: the stem and stages ``1..i``).
+        conv_cfg: Config of the convolutions (None for ``nn.Conv2d``).
+        norm_cfg: Config of the norm layers (BN, SyncBN, GN...).
+        norm_eval: Keep every batch-norm layer in eval mode while training (statistics frozen).
+        dcn: Config of a deformable conv for the 3x3 convs of the stages in ``stage_with_dcn``
+            (e.g. ``dict(type='DCNv2', deform_groups=1, fallback_on_stride=False)``).
+        stage_with_dcn: Which stages use ``dcn``.
+        plugins: MMDetection-style plugins: dicts with ``cfg``, ``position`` (``after_conv1``,
+            ``after_conv2`` or ``after_conv3``) and optionally ``stages`` (one bool per stage).
+        with_cp: Recompute each block in the backward pass (saves memory, costs time).
+        zero_init_residual: Zero the last norm of every block at initialisation, whatever the
+            family, so each block starts as an identity.
+        contract_dilation: Halve the dilation of the first block of a dilated stage (the
+            DeepLabV3 recipe, and what the official dilated ResNeSt does).
+        multi_grid: Dilation of each block of the last stage (MMSegmentation's meaning),
+            overriding ``dilations[-1]``.
+        pretrained: Deprecated; path of a checkpoint, same as
+            ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads a checkpoint of
+            any supported layout strictly (see :mod:`resnest_mm.checkpoint`); other mmengine init
+            configs are applied as usual; None gives Kaiming init.
+        block_kwargs: Family-specific block arguments (set by the family subclass).
+    """
+
+    arch_settings: ClassVar[ArchTable] = {}
+
+    def __init__(self, *, depth: int, in_channels: int = 3, stem_channels: Optional[int] = None,
+                 base_channels: int = 64, num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Sequence[int] = (0, 1, 2, 3), style: str = 'pytorch',
+                 deep_stem: bool = False, avg_down: bool = False, frozen_stages: int = -1,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None, norm_eval: bool = True,
+                 dcn: Optional[dict] = None,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False),
+                 plugins: Optional[list] = None, with_cp: bool = False,
+                 zero_init_residual: bool = True, contract_dilation: bool = False,
+                 multi_grid: Optional[Sequence[int]] = None, pretrained: Optional[str] = None,
+                 init_cfg: Optional[Any] = None,
+                 block_kwargs: Optional[dict] = None) -> None:
+        owner = type(self).__name__
+        if pretrained is not None:
+            if init_cfg is not None:
+                fail(owner, 'pretrained', pretrained, 'give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        norm_cfg = dict(type='BN', requires_grad=True) if norm_cfg is None else norm_cfg
+
+        check_choice(owner, 'depth', depth, tuple(self.arch_settings))
+        check_int(owner, 'in_channels', in_channels, 1)
+        check_int(owner, 'base_channels', base_channels, 1)
+        check_int(owner, 'num_stages', num_stages, 1)
+        if num_stages > 4:
+            fail(owner, 'num_stages', num_stages, 'expected 1 to 4')
+        n = num_stages
+        strides = check_int_seq(owner, 'strides', strides, n, 1, f'one per stage, num_stages={n}')
+        dilations = check_int_seq(owner, 'dilations', dilations, n, 1,
+                                  f'one per stage, num_stages={n}')
+        if (not isinstance(out_indices, Sequence) or not out_indices
+                or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n
+                       for i in out_indices)
+                or len(set(out_indices)) != len(out_indices)):
+            fail(owner, 'out_indices', out_indices,
+                 f'expected distinct stage indices in [0, {n - 1}] (num_stages={n})')
+        check_choice(owner, 'style', style, ('pytorch', 'caffe'))
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
+                or not -1 <= frozen_stages <= n:
+            fail(owner, 'frozen_stages', frozen_stages, f'expected an integer in [-1, {n}]')
+        check_cfg(owner, 'conv_cfg', conv_cfg)
+        check_cfg(owner, 'norm_cfg', norm_cfg, optional=False)
+        check_cfg(owner, 'dcn', dcn)
+        stage_with_dcn = check_bool_seq(owner, 'stage_with_dcn', stage_with_dcn, n,
+                                        f'one per stage, num_stages={n}')
+        if any(stage_with_dcn) and dcn is None:
+            fail(owner, 'stage_with_dcn', stage_with_dcn, 'a stage uses DCN but dcn is None')
+        block, stage_blocks = self.arch_settings[depth]
+        stage_blocks = stage_blocks[:n]
+        if multi_grid is not None:
+            check_int_seq(owner, 'multi_grid', multi_grid, stage_blocks[-1], 1,
+                          f'one dilation per block of the last stage, which has '
+                          f'{stage_blocks[-1]} blocks at depth={depth}')
+        stem_channels = base_channels if stem_channels is None else stem_channels
+        check_int(owner, 'stem_channels', stem_channels, 2 if deep_stem else 1)
+        if deep_stem and stem_channels % 2:
+            fail(owner, 'stem_channels', stem_channels, 'a deep stem needs an even width')
+        stage_plugins = self._split_plugins(owner, plugins, n)
+
+        self.depth = depth
+        self.block = block
+        self.stage_blocks = stage_blocks
+        self.in_channels = in_channels
+        self.stem_channels = stem_channels
+        self.base_channels = base_channels
+        self.num_stages = n
+        self.strides = strides
+        self.dilations = dilations
+        self.out_indices = tuple(out_indices)
+        self.style = style
+        self.deep_stem = deep_stem
+        self.avg_down = avg_down
+        self.frozen_stages = frozen_stages
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.norm_eval = norm_eval
+        self.dcn = dcn
+        self.stage_with_dcn = stage_with_dcn
+        self.plugins = plugins
+        self.with_cp = with_cp
+        self.zero_init_residual = zero_init_residual
+        self.contract_dilation = contract_dilation
+        self.multi_grid = None if multi_grid is None else tuple(multi_grid)
+        self.block_kwargs = dict(block_kwargs or {})
+
+        self._make_stem()
+        channels = stem_channels
+        self.res_layers: list[str] = []
+        stage_channels, stage_strides = [], []
+        total_stride = 4  # stem conv and max pool
+        for i, num_blocks in enumerate(stage_blocks):
+            layer = self._make_stage(i, num_blocks, channels, stage_plugins[i])
+            name = f'layer{i + 1}'
+            self.add_module(name, layer)
+            self.res_layers.append(name)
+            channels = layer[-1].out_channels
+            total_stride *= strides[i]
+            stage_channels.append(channels)
+            stage_strides.append(total_stride)
+        self.stage_channels = tuple(stage_channels)
+        self.stage_strides = tuple(stage_strides)
+        self.feat_dim = channels
+        self._freeze_stages()
+
+    # ----------------------------------------------------------------------------------------
+    # Construction
+    @staticmethod
+    def _split_plugins(owner: str, plugins: Optional[list], num_stages: int) -> list[list]:
+        """Per stage, the plugins that apply to it, each as ``dict(cfg=..., position=...)``."""
+        per_stage: list[list] = [[] for _ in range(num_stages)]
+        for plugin in plugins or []:
+            if not isinstance(plugin, dict) or 'cfg' not in plugin or 'position' not in plugin:
+                fail(owner, 'plugins', plugin, "each plugin needs 'cfg' and 'position' keys")
+            unknown = set(plugin) - {'cfg', 'position', 'stages'}
+            if unknown:
+                fail(owner, 'plugins', plugin, f'unknown keys {sorted(unknown)}; allowed: '
+                     "'cfg', 'position', 'stages'")
+            check_choice(owner, "plugins[...]['position']", plugin['position'],
+                         ('after_conv1', 'after_conv2', 'after_conv3'))
+            stages = plugin.get('stages')
+            if stages is not None:
+                stages = check_bool_seq(owner, "plugins[...]['stages']", stages, num_stages,
+                                        f'one per stage, num_stages={num_stages}')
+            for i in range(num_stages):
+                if stages is None or stages[i]:
+                    per_stage[i].append(dict(cfg=plugin['cfg'], position=plugin['position']))
+        return per_stage
+
+    def _norm(self, channels: int, postfix=1) -> tuple[str, nn.Module]:
+        return build_norm_layer(self.norm_cfg, channels, postfix=postfix)
+
+    def _conv(self, cin: int, cout: int, k: int, stride: int = 1) -> nn.Module:
+        return build_conv_layer(self.conv_cfg, cin, cout, k, stride=stride, padding=k // 2,
+                                bias=False)
+
+    def _make_stem(self) -> None:
+        c = self.stem_channels
+        if self.deep_stem:
+            # Index layout 0/1/3/4/6/7 is MMDetection's, so its checkpoints load as they are.
+            self.stem = nn.Sequential(
+                self._conv(self.in_channels, c // 2, 3, stride=2), self._norm(c // 2)[1],
+                nn.ReLU(inplace=True),
+                self._conv(c // 2, c // 2, 3), self._norm(c // 2)[1], nn.ReLU(inplace=True),
+                self._conv(c // 2, c, 3), self._norm(c)[1], nn.ReLU(inplace=True))
+        else:
+            self.conv1 = self._conv(self.in_channels, c, 7, stride=2)
+            self.norm1_name, norm1 = self._norm(c)
+            self.add_module(self.norm1_name, norm1)
+            self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def _make_downsample(self, cin: int, cout: int, stride: int) -> Optional[nn.Module]:
+        if stride == 1 and cin == cout:
+            return None
+        conv_stride = stride
+        layers: list[nn.Module] = []
+        if self.avg_down:
+            # The pool sits at index 0 even when it is an identity (stride 1, dilated stages), so
+            # the conv and norm keep the keys downsample.1/.2 of every avg-down checkpoint.
+            layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+                          if stride > 1 else nn.Identity())
+            conv_stride = 1
+        layers += [build_conv_layer(self.conv_cfg, cin, cout, 1, stride=conv_stride, bias=False),
+                   self._norm(cout)[1]]
+        return nn.Sequential(*layers)
+
+    def _block_dilations(self, i: int, num_blocks: int) -> list[int]:
+        if i == self.num_stages - 1 and self.multi_grid is not None:
+            return list(self.multi_grid)
+        d = self.dilations[i]
+        first = d // 2 if (self.contract_dilation and d > 1) else d
+        return [first] + [d] * (num_blocks - 1)
+
+    def _make_stage(self, i: int, num_blocks: int, cin: int, plugins: list) -> nn.Sequential:
+        planes = self.base_channels * 2 ** i
+        cout = planes * self.block.expansion
+        common = dict(planes=planes, style=self.style, conv_cfg=self.conv_cfg,
+                      norm_cfg=self.norm_cfg, dcn=self.dcn if self.stage_with_dcn[i] else None,
+                      plugins=plugins, with_cp=self.with_cp, stage_index=i,
+                      base_channels=self.base_channels, **self.block_kwargs)
+        blocks = []
+        for j, dilation in enumerate(self._block_dilations(i, num_blocks)):
+            first = j == 0
+            stride = self.strides[i] if first else 1
+            blocks.append(self.block(
+                in_channels=cin if first else cout, stride=stride, dilation=dilation,
+                downsample=self._make_downsample(cin, cout, stride) if first else None,
+                first_in_stage=first, **common))
+        return nn.Sequential(*blocks)
+
+    # ----------------------------------------------------------------------------------------
+    # Metadata
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        """Channels of each returned feature map."""
+        return tuple(self.stage_channels[i] for i in self.out_indices)
+
+    @property
+    def out_strides(self) -> tuple[int, ...]:
+        """Stride (relative to the input) of each returned feature map."""
+        return tuple(self.stage_strides[i] for i in self.out_indices)
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    # ----------------------------------------------------------------------------------------
+    # Freezing and train mode
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.stem] if self.deep_stem else [self.conv1, self.norm1]
+
+    def _freeze_stages(self) -> None:
+        frozen: list[nn.Module] = []
+        if self.frozen_stages >= 0:
+            frozen += self._stem_modules()
+        for i in range(1, self.frozen_stages + 1):
+            frozen.append(getattr(self, f'layer{i}'))
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'ResNetEngine':
+        """Set train mode, keeping frozen stages frozen and, with ``norm_eval``, every BN layer
+        (those inside split attention and Res2Net's splits included) in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    # Initialisation
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s checkpoint strictly, or initialise (Kaiming + zero-init residual)."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_pretrained
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+            if unknown:
+                fail(type(self).__name__, 'init_cfg', cfg,
+                     f"keys {sorted(unknown)} are not used by 'Pretrained'; allowed: checkpoint, "
+                     'prefix, map_location')
+            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+        elif cfg:
+            super().init_weights()
+        else:
+            self._default_init()
+        self._is_init = True
+
+    def _default_init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (_BatchNorm, nn.GroupNorm)):
+                if m.weight is not None:
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        for m in self.modules():
+            # Deformable convs start as plain convs: zero offsets (and masks at 0.5).
+            offset = getattr(m, 'conv_offset', None)
+            if isinstance(offset, nn.Conv2d):
+                nn.init.zeros_(offset.weight)
+                if offset.bias is not None:
+                    nn.init.zeros_(offset.bias)
+            if self.zero_init_residual and hasattr(m, 'zero_init_last'):
+                m.zero_init_last()
+
+    # ----------------------------------------------------------------------------------------
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        return self.maxpool(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.forward_stem(x)
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        # Ordered as out_indices asks, which may differ from stage order.
+        by_stage = dict(zip(sorted(self.out_indices), outs))
+        return tuple(by_stage[i] for i in self.out_indices)

@@ -1,0 +1,16 @@
+"""Choosing between a plain and a deformable conv."""
+from typing import Optional
+
+
+def conv_or_dcn_cfg(conv_cfg: Optional[dict], dcn: Optional[dict], stride: int
+                    ) -> Optional[dict]:
+    """The conv config for a 3x3 conv that may be deformable.
+
+    ``dcn['fallback_on_stride']`` keeps strided convs plain. The dict given is never mutated
+    (it is shared by every block of the network).
+    """
+    if dcn is None:
+        return conv_cfg
+    if dcn.get('fallback_on_stride', False) and stride > 1:
+        return conv_cfg
+    return {k: v for k, v in dcn.items() if k != 'fallback_on_stride'}

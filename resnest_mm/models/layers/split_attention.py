@@ -1,0 +1,109 @@
+"""Split attention (ResNeSt, Zhang et al. 2020, section 3), written radix-major.
+
+The grouped conv produces ``radix`` splits of ``channels`` each, laid out as
+``[split 0 | split 1 | ...]`` along the channel axis, every split ordered by cardinal group. That
+layout is the official network's (its checkpoints load unchanged), and it lets the splits be viewed
+as one ``(N, radix, channels, H, W)`` tensor: the sum, pooling, softmax and weighted sum are a few
+whole-tensor operations, with no Python loop over splits and no copies of the feature map.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmengine.model import BaseModule
+
+from ..checks import check_int
+from .dcn import conv_or_dcn_cfg
+
+
+class SplitAttentionConv2d(BaseModule):
+    """A ``kernel_size`` conv with ``groups * radix`` groups followed by split attention.
+
+    Per cardinal group, the ``radix`` splits are summed, globally average-pooled, passed through
+    two grouped 1x1 convs (``fc1`` to ``max(in_channels * radix // reduction_factor, 32)``
+    channels with norm and ReLU, then ``fc2``), turned into weights by a softmax across the splits
+    (a sigmoid when ``radix == 1``), and the splits are summed with those weights.
+
+    Args:
+        in_channels: Input channels.
+        channels: Output channels (each split has this many).
+        kernel_size: Kernel size of the split conv.
+        stride: Stride of the split conv.
+        padding: Padding of the split conv.
+        dilation: Dilation of the split conv.
+        groups: Cardinality K.
+        radix: Splits per cardinal group R.
+        reduction_factor: Reduction of the attention's hidden width.
+        conv_cfg: Config of the split conv (None for ``nn.Conv2d``).
+        norm_cfg: Config of the two norm layers.
+        dcn: Config of a deformable split conv, or None.
+        init_cfg: mmengine init config.
+
+    Example:
+        >>> import torch
+        >>> layer = SplitAttentionConv2d(in_channels=64, channels=64, radix=2).eval()
+        >>> tuple(layer(torch.rand(2, 64, 8, 8)).shape)
+        (2, 64, 8, 8)
+    """
+
+    def __init__(self, *, in_channels: int, channels: int, kernel_size: int = 3,
+                 stride: int = 1, padding: int = 1, dilation: int = 1, groups: int = 1,
+                 radix: int = 2, reduction_factor: int = 4, conv_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None, dcn: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        owner = type(self).__name__
+        check_int(owner, 'radix', radix, 1)
+        check_int(owner, 'groups', groups, 1)
+        check_int(owner, 'reduction_factor', reduction_factor, 1)
+        if channels % groups:
+            raise ValueError(f'{owner}: channels={channels} is not valid; expected a multiple '
+                             f'of groups={groups}.')
+        norm_cfg = dict(type='BN', requires_grad=True) if norm_cfg is None else norm_cfg
+        self.radix = radix
+        self.groups = groups
+        self.channels = channels
+        inter_channels = max(in_channels * radix // reduction_factor, 32)
+        self.conv = build_conv_layer(
+            conv_or_dcn_cfg(conv_cfg, dcn, stride), in_channels, channels * radix, kernel_size,
+            stride=stride, padding=padding, dilation=dilation, groups=groups * radix, bias=False)
+        self.with_dcn = dcn is not None
+        self.norm0_name, norm0 = build_norm_layer(norm_cfg, channels * radix, postfix=0)
+        self.add_module(self.norm0_name, norm0)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc1 = nn.Conv2d(channels, inter_channels, 1, groups=groups)
+        self.norm1_name, norm1 = build_norm_layer(norm_cfg, inter_channels, postfix=1)
+        self.add_module(self.norm1_name, norm1)
+        self.fc2 = nn.Conv2d(inter_channels, channels * radix, 1, groups=groups)
+
+    @property
+    def norm0(self) -> nn.Module:
+        return getattr(self, self.norm0_name)
+
+    @property
+    def norm1(self) -> nn.Module:
+        return getattr(self, self.norm1_name)
+
+    def attention(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Split weights ``(N, radix, channels)`` from the pooled sum of the splits
+        ``(N, channels, 1, 1)``."""
+        n, r, k = pooled.shape[0], self.radix, self.groups
+        logits = self.fc2(self.relu(self.norm1(self.fc1(pooled))))
+        if r == 1:
+            return torch.sigmoid(logits).view(n, 1, self.channels)
+        # fc2 is grouped by cardinal group, so its output is ordered (group, split, channel);
+        # the softmax runs across splits and the result is reordered to the splits' layout.
+        weights = logits.view(n, k, r, -1).softmax(dim=2)
+        return weights.transpose(1, 2).reshape(n, r, self.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.norm0(self.conv(x)))
+        n, r, c = x.shape[0], self.radix, self.channels
+        # Pool first, then sum the splits: mean(sum) == sum(mean), and one pass reads x once.
+        pooled = x.mean((2, 3), keepdim=True).view(n, r, c, 1, 1).sum(1)
+        weights = self.attention(pooled)
+        if r == 1:
+            return x * weights.view(n, c, 1, 1)
+        splits = x.unflatten(1, (r, c))
+        return (splits * weights.view(n, r, c, 1, 1)).sum(1)

@@ -1,0 +1,272 @@
+"""Behaviour of the engine and every family, on tiny widths."""
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
+from resnest_mm.models.backbones.res2net import Res2NetBottleneck
+from resnest_mm.models.backbones.resnest import ResNeStBottleneck
+
+# Tiny widths: every family, both stems, both shortcut kinds.
+TINY = {
+    'resnet18': (ResNet, dict(depth=18, base_channels=8)),
+    'resnet50': (ResNet, dict(depth=50, base_channels=8)),
+    'resnet50_v1d': (ResNet, dict(depth=50, base_channels=8, deep_stem=True, avg_down=True)),
+    'resnet50_caffe': (ResNet, dict(depth=50, base_channels=8, style='caffe')),
+    'resnext50': (ResNeXt, dict(depth=50, base_channels=8, groups=4, base_width=2)),
+    'resnest14': (ResNeSt, dict(depth=14, base_channels=8, base_width=8)),
+    'resnest50_2s2x': (ResNeSt, dict(depth=50, base_channels=8, base_width=4, groups=2)),
+    'resnest14_fast_r1': (ResNeSt, dict(depth=14, base_channels=8, base_width=8, radix=1,
+                                        avd_first=True)),
+    'resnest14_r4': (ResNeSt, dict(depth=14, base_channels=8, base_width=8, radix=4)),
+    'res2net50': (Res2Net, dict(depth=50, base_channels=8, base_width=4, scales=4)),
+    'res2net50_v1': (Res2Net, dict(depth=50, base_channels=8, base_width=4, scales=3,
+                                   deep_stem=False, avg_down=False)),
+}
+
+
+def build(name, **overrides):
+    cls, kwargs = TINY[name]
+    return cls(**{**kwargs, **overrides})
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+@pytest.mark.parametrize('size', [(64, 64), (65, 47)])
+def test_outputs_follow_declared_channels_and_strides(name, size):
+    model = build(name, out_indices=(3, 0, 2)).eval()
+    outs = model(torch.rand(2, 3, *size))
+    assert len(outs) == 3
+    assert model.out_strides == (32, 4, 16)
+    for out, c, s in zip(outs, model.out_channels, model.out_strides):
+        assert out.shape == (2, c, math.ceil(size[0] / s), math.ceil(size[1] / s))
+
+
+def test_bottleneck_nets_have_standard_channels_and_strides():
+    for model in (ResNeSt(depth=50), Res2Net(depth=50), ResNeXt(depth=50), ResNet(depth=50)):
+        assert model.out_channels == (256, 512, 1024, 2048)
+        assert model.out_strides == (4, 8, 16, 32)
+    assert ResNet(depth=18).out_channels == (64, 128, 256, 512)
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_every_parameter_gets_a_gradient(name):
+    model = build(name, norm_eval=False).train()
+    outs = model(torch.rand(2, 3, 32, 32))
+    sum(o.square().mean() for o in outs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+@pytest.mark.parametrize('name', ['resnet50_v1d', 'resnext50', 'resnest50_2s2x', 'res2net50'])
+def test_with_cp_equals_plain(name):
+    plain = build(name, norm_eval=False).train()
+    ckpt = build(name, norm_eval=False, with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    outs = [m(x.clone().requires_grad_()) for m in (plain, ckpt)]
+    for o in outs:
+        sum(t.sum() for t in o).backward()
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+    for (n, p), (_, q) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50_v1d', 'resnest14', 'res2net50'])
+@pytest.mark.parametrize('frozen', [0, 1, 3])
+def test_frozen_stages_stay_frozen_across_train_calls(name, frozen):
+    model = build(name, frozen_stages=frozen, norm_eval=False)
+    model.train()
+    model.train()
+    stem = [model.stem] if model.deep_stem else [model.conv1, model.norm1]
+    frozen_modules = stem + [getattr(model, f'layer{i}') for i in range(1, frozen + 1)]
+    live_modules = [getattr(model, f'layer{i}') for i in range(frozen + 1, 5)]
+    before = copy.deepcopy(model.state_dict())
+    model(torch.rand(2, 3, 32, 32))
+    after = model.state_dict()
+    for module in frozen_modules:
+        assert not module.training
+        assert all(not m.training for m in module.modules())
+        assert all(not p.requires_grad for p in module.parameters())
+    for module in live_modules:
+        assert module.training
+        assert all(p.requires_grad for p in module.parameters())
+    frozen_prefixes = ('stem.', 'conv1.', 'bn1.') + tuple(f'layer{i}.' for i in range(1, frozen + 1))
+    for k, v in before.items():
+        if k.endswith('running_mean'):
+            if k.startswith(frozen_prefixes):
+                assert torch.equal(v, after[k]), k
+            else:
+                assert not torch.equal(v, after[k]), k
+
+
+@pytest.mark.parametrize('name', ['resnest14', 'res2net50', 'resnet50'])
+def test_norm_eval_reaches_every_batch_norm(name):
+    model = build(name, norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    # Split attention's and Res2Net's per-split norms are in there too.
+    assert len(bns) > 3 * sum(model.stage_blocks)
+    assert all(not m.training for m in bns)
+    stats = [m.running_mean.clone() for m in bns]
+    model(torch.rand(2, 3, 32, 32))
+    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, bns))
+    # The convs stay trainable: norm_eval freezes statistics, not weights.
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+@pytest.mark.parametrize('zero', [True, False])
+def test_zero_init_residual_zeroes_every_family_last_norm(name, zero):
+    model = build(name, zero_init_residual=zero)
+    model.init_weights()
+    blocks = [b for layer in model.res_layers for b in getattr(model, layer)]
+    assert blocks
+    for block in blocks:
+        weight = block.last_norm().weight
+        assert bool((weight == 0).all()) is zero
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnext50', 'resnest50_2s2x', 'res2net50'])
+@pytest.mark.parametrize('dcn_type', ['DCN', 'DCNv2'])
+def test_dcn_builds_and_runs_without_mutating_the_config(name, dcn_type):
+    from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
+    dcn = dict(type=dcn_type, deform_groups=1, fallback_on_stride=True)
+    original = copy.deepcopy(dcn)
+    model = build(name, dcn=dcn, stage_with_dcn=(False, True, True, True), norm_eval=False)
+    assert dcn == original
+    dcn_class = ModulatedDeformConv2d if dcn_type == 'DCNv2' else DeformConv2d
+    kinds = {}
+    for layer_name in model.res_layers:
+        kinds[layer_name] = [isinstance(m, dcn_class) for m in getattr(model, layer_name).modules()]
+    assert not any(kinds['layer1'])
+    assert all(any(kinds[f'layer{i}']) for i in (2, 3, 4))
+    model.init_weights()
+    # mmcv's deformable kernels need every map at least as large as the kernel.
+    outs = model.train()(torch.rand(2, 3, 96, 96))
+    sum(o.sum() for o in outs).backward()
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_dcn_fallback_on_stride_keeps_strided_convs_plain():
+    from mmcv.ops import DeformConv2d
+    model = build('resnet50', dcn=dict(type='DCN', fallback_on_stride=True),
+                  stage_with_dcn=(False, True, False, False))
+    first, second = model.layer2[0], model.layer2[1]
+    assert not isinstance(first.conv2, DeformConv2d)
+    assert isinstance(second.conv2, DeformConv2d)
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnest14', 'res2net50'])
+def test_plugins_build_where_asked_and_run(name):
+    plugins = [dict(cfg=dict(type='ContextBlock', ratio=1. / 4),
+                    stages=(False, True, True, True), position='after_conv3'),
+               dict(cfg=dict(type='GeneralizedAttention', spatial_range=-1, num_heads=2,
+                             attention_type='0010', kv_stride=2),
+                    stages=(False, False, True, True), position='after_conv2')]
+    model = build(name, plugins=plugins, norm_eval=False)
+    names = lambda layer: {n for n, _ in layer.named_children()}  # noqa: E731
+    assert 'context_block' not in names(model.layer1[0])
+    assert 'context_block' in names(model.layer2[0])
+    assert 'gen_attention_block' not in names(model.layer2[0])
+    assert 'gen_attention_block' in names(model.layer4[0])
+    outs = model.train()(torch.rand(2, 3, 32, 32))
+    sum(o.sum() for o in outs).backward()
+
+
+def test_syncbn_config_runs_in_one_cpu_process():
+    model = build('resnest14', norm_cfg=dict(type='SyncBN', requires_grad=True),
+                  norm_eval=False)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    outs = model.train()(torch.rand(2, 3, 32, 32))
+    sum(o.sum() for o in outs).backward()
+    model.eval()(torch.rand(1, 3, 32, 32))
+
+
+def test_group_norm_uses_mm_names():
+    model = build('resnest14', norm_cfg=dict(type='GN', num_groups=4, requires_grad=True))
+    keys = set(model.state_dict())
+    assert 'layer1.0.gn1.weight' in keys and 'layer1.0.conv2.gn0.weight' in keys
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    model.train()(torch.rand(1, 3, 32, 32))
+
+
+def test_dilated_output_stride_8():
+    model = build('resnest50_2s2x', strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                  contract_dilation=True).eval()
+    assert model.out_strides == (4, 8, 8, 8)
+    assert [b.dilation for b in model.layer3] == [1] + [2] * 5
+    assert [b.dilation for b in model.layer4] == [2, 4, 4]
+    assert [o.shape[-1] for o in model(torch.rand(1, 3, 64, 64))] == [16, 8, 8, 8]
+
+
+def test_multi_grid_sets_last_stage_dilations():
+    model = build('resnet50', strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), multi_grid=(1, 2, 4),
+                  contract_dilation=True)
+    assert [b.dilation for b in model.layer4] == [1, 2, 4]
+    assert [b.conv2.dilation for b in model.layer4] == [(1, 1), (2, 2), (4, 4)]
+
+
+def test_resnest_avd_placement_official_and_builtin():
+    official = build('resnest50_2s2x', strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                     contract_dilation=True)
+    builtin = build('resnest50_2s2x', strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                    contract_dilation=True, avd_in_dilated_stages=False)
+    first = lambda m: [getattr(m, f'layer{i}')[0].avd for i in range(1, 5)]  # noqa: E731
+    assert first(official) == [False, True, True, True]
+    assert first(builtin) == [False, True, False, False]
+    assert official.layer3[0].avd_layer.stride == 1
+    assert not any(b.avd for layer in ('layer2', 'layer3') for b in getattr(official, layer)[1:])
+
+
+def test_res2net_stage_pool_official_and_builtin():
+    official, builtin = build('res2net50'), build('res2net50', pool_first_stage=False)
+    assert [getattr(official, f'layer{i}')[0].with_pool for i in range(1, 5)] == [True] * 4
+    assert [getattr(builtin, f'layer{i}')[0].with_pool for i in range(1, 5)] == \
+        [False, True, True, True]
+
+
+@pytest.mark.parametrize('cls,kwargs,arg,value', [
+    (ResNeSt, dict(depth=51), 'depth', '51'),
+    (ResNet, dict(depth=51), 'depth', '51'),
+    (Res2Net, dict(depth=34), 'depth', '34'),
+    (ResNeSt, dict(radix=0), 'radix', '0'),
+    (ResNeSt, dict(groups=0), 'groups', '0'),
+    (ResNeSt, dict(out_indices=(4,)), 'out_indices', '(4,)'),
+    (ResNet, dict(out_indices=()), 'out_indices', '()'),
+    (ResNet, dict(out_indices=(1, 1)), 'out_indices', '(1, 1)'),
+    (ResNeSt, dict(frozen_stages=5), 'frozen_stages', '5'),
+    (ResNet, dict(frozen_stages=-2), 'frozen_stages', '-2'),
+    (Res2Net, dict(scales=1), 'scales', '1'),
+    (ResNeSt, dict(strides=(1, 2, 2)), 'strides', '(1, 2, 2)'),
+    (ResNeSt, dict(dilations=(1, 1, 2)), 'dilations', '(1, 1, 2)'),
+    (ResNet, dict(num_stages=5), 'num_stages', '5'),
+    (ResNet, dict(style='tf'), 'style', "'tf'"),
+    (ResNeSt, dict(style='caffe'), 'style', "'caffe'"),
+    (ResNet, dict(stage_with_dcn=(False, True, False, False)), 'stage_with_dcn', 'False'),
+    (ResNet, dict(multi_grid=(1, 2)), 'multi_grid', '(1, 2)'),
+    (ResNet, dict(norm_cfg=dict(requires_grad=True)), 'norm_cfg', 'requires_grad'),
+    (ResNeXt, dict(groups=0), 'groups', '0'),
+    (ResNet, dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=0.25),
+                                position='after_conv4')]), 'position', 'after_conv4'),
+    (ResNet, dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=0.25),
+                                position='after_conv3', stages=(True,))]), 'stages', '(True,)'),
+])
+def test_bad_arguments_name_argument_and_value(cls, kwargs, arg, value):
+    with pytest.raises(ValueError) as err:
+        cls(**kwargs)
+    assert arg in str(err.value) and value in str(err.value)
+
+
+def test_unknown_argument_is_not_ignored():
+    with pytest.raises(TypeError, match='radx'):
+        ResNeSt(depth=50, radx=2)
+    with pytest.raises(TypeError):
+        ResNeSt(50)  # keyword-only
+
+
+def test_blocks_declare_their_kind():
+    assert isinstance(build('resnest14').layer1[0], ResNeStBottleneck)
+    assert isinstance(build('res2net50').layer1[0], Res2NetBottleneck)
