@@ -273,7 +273,15 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, dict],
                     logger: Optional[Callable[[str], None]] = None) -> ConversionReport:
     """Load a checkpoint file (or an already loaded dict) of any supported layout into ``model``
     strictly. See :func:`convert_state_dict` for the rules."""
-    state = safe_torch_load(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    if isinstance(checkpoint, str) and '://' in checkpoint:
+        # URLs and open-mmlab:// style names go through mmengine's loaders (they download).
+        from mmengine.runner import CheckpointLoader
+        with torch.serialization.safe_globals(mmengine_safe_globals()):
+            state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    elif isinstance(checkpoint, str):
+        state = safe_torch_load(checkpoint)
+    else:
+        state = checkpoint
     converted, report = convert_state_dict(state, model, prefix=prefix)
     model.load_state_dict(converted, strict=True)
     message = f'{type(model).__name__}: loaded {checkpoint if isinstance(checkpoint, str) else "state dict"} ({report.summary()})'
