@@ -102,8 +102,11 @@ class SplitAttentionConv2d(BaseModule):
         n, r, c = x.shape[0], self.radix, self.channels
         # Pool first, then sum the splits: mean(sum) == sum(mean), and one pass reads x once.
         pooled = x.mean((2, 3), keepdim=True).view(n, r, c, 1, 1).sum(1)
-        weights = self.attention(pooled)
-        if r == 1:
-            return x * weights.view(n, c, 1, 1)
-        splits = x.unflatten(1, (r, c))
-        return (splits * weights.view(n, r, c, 1, 1)).sum(1)
+        weights = self.attention(pooled).view(n, r, c, 1, 1)
+        # Weighted sum as multiply-adds over channel slices: elementwise kernels keep x's memory
+        # layout (a reduction over a split axis would return NCHW for a channels-last x).
+        splits = x.split(c, dim=1)  # views; their backward is one concatenation
+        out = splits[0] * weights[:, 0]
+        for i in range(1, r):
+            out = torch.addcmul(out, splits[i], weights[:, i])
+        return out

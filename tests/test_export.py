@@ -1,0 +1,62 @@
+"""Tracing, torch.export and ONNX export of every family, checked against eager outputs."""
+import pytest
+import torch
+
+from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
+
+FAMILIES = {
+    'resnet': lambda: ResNet(depth=50, base_channels=8),
+    'resnext': lambda: ResNeXt(depth=50, base_channels=8, groups=4, base_width=2),
+    'resnest': lambda: ResNeSt(depth=14, base_channels=8, base_width=8),
+    'resnest_r4_k2': lambda: ResNeSt(depth=14, base_channels=8, base_width=4, radix=4, groups=2),
+    'res2net': lambda: Res2Net(depth=50, base_channels=8, base_width=4),
+}
+
+
+def _eval(name):
+    from .conftest import randomize_norms
+    model = FAMILIES[name]()
+    randomize_norms(model)
+    return model.eval()
+
+
+def _close(a, b, tol=1e-4):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.shape == tuple(y.shape)
+        assert float((torch.as_tensor(x) - y).abs().max()) < tol
+
+
+@pytest.mark.parametrize('name', sorted(FAMILIES))
+def test_jit_trace_matches_eager(name):
+    model = _eval(name)
+    x = torch.randn(2, 3, 64, 64)
+    traced = torch.jit.trace(model, x)
+    with torch.no_grad():
+        _close(traced(x), model(x))
+
+
+@pytest.mark.parametrize('name', ['resnest_r4_k2', 'res2net'])
+def test_torch_export_matches_eager(name):
+    model = _eval(name)
+    x = torch.randn(1, 3, 64, 64)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        _close(program.module()(x), model(x))
+
+
+@pytest.mark.parametrize('name', sorted(FAMILIES))
+def test_onnx_export_runs_in_onnxruntime_with_dynamic_sizes(name, tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    model = _eval(name)
+    path = tmp_path / f'{name}.onnx'
+    outputs = [f'c{i + 2}' for i in range(len(model.out_indices))]
+    dynamic = {'image': {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic.update({o: {0: 'batch', 2: f'h_{o}', 3: f'w_{o}'} for o in outputs})
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), input_names=['image'],
+                      output_names=outputs, dynamic_axes=dynamic, opset_version=17,
+                      dynamo=False)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    x = torch.randn(2, 3, 96, 80)  # a different size than at export time
+    with torch.no_grad():
+        _close(session.run(None, {'image': x.numpy()}), model(x))
