@@ -1,0 +1,395 @@
+"""Training and testing with mmengine's ``Runner`` for MMDetection and MMSegmentation configs.
+
+``tools/train.py`` and ``tools/test.py`` are thin wrappers over this module. The toolbox is taken
+from the config's ``default_scope`` (``'mmdet'`` or ``'mmseg'``); everything else is shared:
+
+* :func:`load_config`: the config with ``--cfg-options``, work dir, resume, AMP and launcher;
+* :func:`adapt_sync_bn`: SyncBN layers become BN, with one warning line, where there is no
+  multi-GPU process group for them to synchronise over (one process, or DDP on CPUs);
+* :func:`enable_safe_checkpoint_loading`: torch >= 2.6 loads with ``weights_only=True``, which
+  refuses the numpy and mmengine objects of mmengine's checkpoints; the few types those hold are
+  allow-listed (:func:`resnest_mm.checkpoint.mmengine_safe_globals`), safe loading stays on;
+* :func:`prepare_data`: the synthetic demo data sets are written when a demo config needs them,
+  and a missing data set is one error naming the paths and how to get the data;
+* :func:`train` / :func:`test`: run, and return the final metrics for :func:`format_metrics`.
+"""
+import os
+import os.path as osp
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from mmengine.config import Config, DictAction  # noqa: F401  DictAction for the tools
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+
+from .checkpoint import mmengine_safe_globals
+
+#: Toolboxes the tools serve: ``default_scope`` -> module with ``register_all_modules``.
+TOOLBOXES = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils'}
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'TorchSyncBN')
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+def toolbox_of(cfg: Mapping) -> str:
+    """``'mmdet'`` or ``'mmseg'``: the config's ``default_scope``.
+
+    Raises:
+        ValueError: The scope is missing or another toolbox's.
+    """
+    scope = cfg.get('default_scope')
+    if scope not in TOOLBOXES:
+        raise ValueError(f'default_scope={scope!r} in the config is not supported; the tools run '
+                         f'configs whose default_scope is one of {sorted(TOOLBOXES)} (inherit '
+                         'configs/_base_/default_runtime.py or an mmdet::/mmseg:: config)')
+    return scope
+
+
+def register_toolbox(scope: str) -> None:
+    """Register the modules of the toolbox of ``scope`` (``mmdet`` or ``mmseg``)."""
+    import importlib
+    if scope not in TOOLBOXES:
+        raise ValueError(f'scope={scope!r} is not one of {sorted(TOOLBOXES)}')
+    importlib.import_module(TOOLBOXES[scope]).register_all_modules(init_default_scope=False)
+
+
+def _work_dir(config: str, cfg: Config, work_dir: Optional[str]) -> str:
+    if work_dir:
+        return work_dir
+    if cfg.get('work_dir'):
+        return cfg.work_dir
+    return osp.join('work_dirs', osp.splitext(osp.basename(config))[0])
+
+
+def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
+                work_dir: Optional[str] = None, resume: Optional[str] = None,
+                amp: bool = False, launcher: str = 'none', load_from: Optional[str] = None
+                ) -> Config:
+    """Read a config and apply the tools' options to it.
+
+    Args:
+        config: Path of a ``.py`` config.
+        cfg_options: ``key.path=value`` overrides (``--cfg-options``), applied after reading.
+        work_dir: Output folder; default: the config's ``work_dir`` or
+            ``work_dirs/<config name>``.
+        resume: ``'auto'`` resumes from the latest checkpoint of the work dir, a path from that
+            checkpoint; None starts afresh.
+        amp: Train with automatic mixed precision (needs a GPU).
+        launcher: ``'none'`` (one process), ``'pytorch'`` (torchrun), ``'slurm'`` or ``'mpi'``.
+        load_from: Checkpoint whose weights initialise the model (testing, fine-tuning).
+
+    Returns:
+        The config, toolbox registered, ready for :func:`train` or :func:`test`.
+
+    Raises:
+        FileNotFoundError: ``config`` (or ``resume``/``load_from``) does not exist.
+        ValueError: An option's value is not allowed.
+    """
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config {config!r} does not exist')
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'launcher={launcher!r} is not one of {LAUNCHERS}')
+    for name, path in (('resume', resume), ('checkpoint', load_from)):
+        if path not in (None, 'auto') and not osp.isfile(path):
+            raise FileNotFoundError(f'{name} checkpoint {path!r} does not exist')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    register_toolbox(toolbox_of(cfg))
+    cfg.work_dir = _work_dir(config, cfg, work_dir)
+    cfg.launcher = launcher
+    if resume is not None:
+        cfg.resume = True
+        cfg.load_from = None if resume == 'auto' else resume
+    if load_from is not None:
+        cfg.load_from = load_from
+    if amp:
+        if not torch.cuda.is_available():
+            raise ValueError('--amp needs a CUDA GPU; none is available here')
+        wrapper = cfg.optim_wrapper
+        if wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.setdefault('loss_scale', 'dynamic')
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Distributed set-up and SyncBN
+def real_sync_bn_possible(launcher: str) -> bool:
+    """Whether SyncBN layers can synchronise: several processes on CUDA GPUs."""
+    return launcher != 'none' and torch.cuda.is_available()
+
+
+def _replace_sync_bn(node: Any) -> int:
+    count = 0
+    if isinstance(node, Mapping):
+        if node.get('type') in SYNC_BN_TYPES:
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += _replace_sync_bn(value)
+    return count
+
+
+def adapt_sync_bn(cfg: Config, *, launcher: Optional[str] = None,
+                  warn: Callable[[str], None] = None) -> int:
+    """Turn the model's SyncBN norm configs into BN where they cannot synchronise.
+
+    One process has nobody to synchronise with, and torch's SyncBatchNorm works on GPUs only, so a
+    SyncBN config trained on CPUs (one process or DDP over gloo) runs with BN, which computes the
+    same thing per process. Under DDP on GPUs nothing changes.
+
+    Args:
+        cfg: The config (changed in place).
+        launcher: Default: ``cfg.launcher``.
+        warn: Where the one-line warning goes (default: mmengine's logger).
+
+    Returns:
+        How many norm configs were changed.
+    """
+    launcher = launcher or cfg.get('launcher', 'none')
+    if real_sync_bn_possible(launcher):
+        return 0
+    count = _replace_sync_bn(cfg.model)
+    if count:
+        where = 'one process' if launcher == 'none' else 'DDP without CUDA'
+        message = (f'SyncBN -> BN in {count} norm configs: {where} has nothing to synchronise '
+                   'over (SyncBN needs several GPU processes); the paper\'s recipe uses SyncBN')
+        if warn is None:
+            print_log(message, logger='current', level=30)
+        else:
+            warn(message)
+    return count
+
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Prepare a ``pytorch``-launched run on CPUs: gloo process group, DDP without device ids.
+
+    mmengine's launcher code assumes a GPU per process; on a CPU-only machine the group is
+    initialised here (mmengine then keeps it) and the model is wrapped by
+    :class:`CPUDistributedDataParallel`.
+    """
+    import torch.distributed as dist
+    if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
+        return
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if not dist.is_initialized():
+        if cfg.launcher != 'pytorch':
+            raise ValueError(f'launcher={cfg.launcher!r} on a machine without CUDA: only '
+                             "'pytorch' (torchrun) is supported there")
+        dist.init_process_group(backend='gloo')
+    wrapper = cfg.get('model_wrapper_cfg') or {}
+    if wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
+        cfg.model_wrapper_cfg = dict(wrapper, type='CPUDistributedDataParallel')
+        _register_cpu_ddp()
+
+
+def _register_cpu_ddp() -> None:
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS
+    if MODEL_WRAPPERS.get('CPUDistributedDataParallel') is not None:
+        return
+
+    @MODEL_WRAPPERS.register_module()
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """``MMDistributedDataParallel`` for CPU modules, which take no ``device_ids``."""
+
+        def __init__(self, module: torch.nn.Module, device_ids: Any = None, **kwargs) -> None:
+            super().__init__(module=module, device_ids=None, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+def enable_safe_checkpoint_loading() -> None:
+    """Let ``torch.load(weights_only=True)`` read mmengine's checkpoints (resume, test, load_from).
+
+    The allow-list is :func:`resnest_mm.checkpoint.mmengine_safe_globals`: numpy arrays and
+    scalars, ``HistoryBuffer`` and ``ConfigDict``; any other pickled object is still refused.
+    """
+    torch.serialization.add_safe_globals(mmengine_safe_globals())
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+def _leaf_datasets(dataset_cfg: Mapping):
+    from .seg_checks import leaf_datasets
+    return leaf_datasets(dataset_cfg)
+
+
+def _demo_writers() -> dict[str, Callable[[str], str]]:
+    from . import demo_data
+    return {'demo_coco': demo_data.make_demo_coco, 'demo_ade': demo_data.make_demo_ade}
+
+
+def demo_roots(cfg: Mapping, *, dataloaders: Sequence[str]) -> list[tuple[str, str]]:
+    """``(kind, root)`` of the synthetic demo data sets (``data_root`` named ``demo_coco`` or
+    ``demo_ade``) the config reads."""
+    found = []
+    for name in dataloaders:
+        loader = cfg.get(name)
+        if not loader or not loader.get('dataset'):
+            continue
+        for ds in _leaf_datasets(loader['dataset']):
+            root = ds.get('data_root')
+            kind = osp.basename(osp.normpath(root)) if root else None
+            if kind in ('demo_coco', 'demo_ade') and (kind, osp.normpath(root)) not in found:
+                found.append((kind, osp.normpath(root)))
+    return found
+
+
+def ensure_demo_data(kind: str, root: str, *, timeout_s: float = 600) -> bool:
+    """Write a demo data set to ``root`` if it does not exist yet.
+
+    The data is written to a temporary sibling folder and renamed, so an interrupted run leaves
+    nothing half-written. Under a multi-process launcher only rank 0 writes; the others wait.
+
+    Returns:
+        True when the data was written by this call.
+    """
+    if osp.isdir(root):
+        return False
+    if int(os.environ.get('RANK', '0')) != 0:
+        deadline = time.monotonic() + timeout_s
+        while not osp.isdir(root):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'rank {os.environ["RANK"]}: {root!r} did not appear in '
+                                   f'{timeout_s:.0f} s (rank 0 writes it)')
+            time.sleep(1)
+        return False
+    writer = _demo_writers()[kind]
+    parent = osp.dirname(osp.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    print_log(f'{root} is missing: writing the synthetic {kind} data set there '
+              f'(resnest_mm.demo_data)', logger='current')
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(root)}-', dir=parent)
+    try:
+        writer(tmp)
+        os.rename(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def prepare_data(cfg: Config, *, mode: str) -> None:
+    """Write missing demo data, then fail early if data the run reads does not exist.
+
+    Args:
+        cfg: The config from :func:`load_config`.
+        mode: ``'train'`` (train and, if configured, val data) or ``'test'`` (test data).
+
+    Raises:
+        FileNotFoundError: Naming every missing path and how to get the data.
+    """
+    if mode not in ('train', 'test'):
+        raise ValueError(f"mode={mode!r} is not 'train' or 'test'")
+    if mode == 'train':
+        loaders = ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else [])
+    else:
+        loaders = ['test_dataloader']
+    for kind, root in demo_roots(cfg, dataloaders=loaders):
+        ensure_demo_data(kind, root)
+    if toolbox_of(cfg) == 'mmdet':
+        from .det_checks import check_det_data
+        check_det_data(cfg, dataloaders=loaders)
+    else:
+        from .seg_checks import check_seg_data
+        check_seg_data(cfg, dataloaders=loaders)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+class MetricsRecorder(Hook):
+    """Keeps the metrics of the last validation (``runner.train`` does not return them)."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self) -> None:
+        self.metrics: dict = {}
+
+    def after_val_epoch(self, runner, metrics: Optional[dict] = None) -> None:
+        if metrics:
+            self.metrics = dict(metrics)
+
+
+def build_runner(cfg: Config):
+    """mmengine's ``Runner`` (or ``cfg.runner_type``) for the config, after the CPU-DDP and SyncBN
+    adjustments."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    enable_safe_checkpoint_loading()
+    setup_cpu_distributed(cfg)
+    adapt_sync_bn(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def train(cfg: Config) -> dict:
+    """Train (and validate as configured); returns the last validation metrics (may be empty)."""
+    runner = build_runner(cfg)
+    recorder = MetricsRecorder()
+    runner.register_hook(recorder)
+    runner.train()
+    return recorder.metrics
+
+
+def use_tta(cfg: Config) -> None:
+    """Switch the config to its test-time augmentation (``tta_model`` and ``tta_pipeline``)."""
+    missing = [k for k in ('tta_model', 'tta_pipeline') if not cfg.get(k)]
+    if missing:
+        raise ValueError(f'--tta needs {missing} in the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.model = dict(cfg.tta_model, module=cfg.model)
+
+
+def test(cfg: Config, *, checkpoint: str) -> dict:
+    """Evaluate ``checkpoint`` on the test data; returns the metrics."""
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    runner = build_runner(cfg)
+    return runner.test()
+
+
+#: Metrics shown first, under a readable name.
+HEADLINES = {
+    'coco/bbox_mAP_50': 'bbox mAP@0.5',
+    'coco/bbox_mAP': 'bbox mAP@[.5:.95]',
+    'coco/segm_mAP_50': 'mask mAP@0.5',
+    'coco/segm_mAP': 'mask mAP@[.5:.95]',
+    'mIoU': 'mIoU (%)',
+    'aAcc': 'pixel accuracy (%)',
+}
+
+
+def format_metrics(metrics: Mapping, *, title: str = 'final metrics') -> str:
+    """The metrics as text: headline metrics first (``bbox mAP@0.5: 0.612``), then the rest."""
+    if not metrics:
+        return f'{title}: none (no validation/test ran)'
+    lines = [f'{title}:']
+    for key, name in HEADLINES.items():
+        if key in metrics:
+            lines.append(f'  {name}: {float(metrics[key]):.4f}')
+    rest = [k for k in metrics if k not in HEADLINES]
+    for key in rest:
+        value = metrics[key]
+        shown = f'{value:.4f}' if isinstance(value, float) else str(value)
+        lines.append(f'  {key}: {shown}')
+    return '\n'.join(lines)
+
+
+def print_metrics(metrics: Mapping, *, title: str = 'final metrics') -> None:
+    """Print :func:`format_metrics` once (on the main process)."""
+    from mmengine.dist import is_main_process
+    if is_main_process():
+        print(format_metrics(metrics, title=title), flush=True)

@@ -1,0 +1,132 @@
+"""Every detection config under configs/ loads, builds through MMDetection's registry with the
+resnest_mm backbone it names, takes a training step and runs inference on tiny inputs; the data
+set bases read COCO-format files through their pipelines."""
+import glob
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+FULL_CONFIGS = sorted(
+    osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', '*_fpn.py')))
+DEMO_CONFIGS = sorted(
+    osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', 'demo', '*rcnn*.py')))
+EXPECTED = {
+    f'configs/{det}_{bb}_fpn.py'
+    for det in ('faster_rcnn', 'cascade_rcnn', 'mask_rcnn', 'cascade_mask_rcnn')
+    for bb in ('resnet50', 'resnet101', 'resnest50', 'resnest101')
+} | {f'configs/{det}_{bb}_fpn.py' for det in ('faster_rcnn', 'mask_rcnn')
+     for bb in ('resnext101_32x4d', 'res2net101')}
+BACKBONE = {'resnet': 'ResNet', 'resnest': 'ResNeSt', 'resnext': 'ResNeXt', 'res2net': 'Res2Net'}
+
+
+def _load(path: str) -> Config:
+    from resnest_mm.runner import adapt_sync_bn, register_toolbox
+    cfg = Config.fromfile(osp.join(ROOT, path))
+    register_toolbox(cfg.default_scope)
+    adapt_sync_bn(cfg, launcher='none', warn=lambda _msg: None)
+    return cfg
+
+
+def _batch(size: int, with_mask: bool, n: int = 1):
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    samples = []
+    for _ in range(n):
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
+            scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
+        boxes = torch.tensor([[4., 6., 40., 44.], [30., 20., 60., 62.]])
+        sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 2]))
+        if with_mask:
+            masks = np.zeros((2, size, size), np.uint8)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+                masks[i, y1:y2, x1:x2] = 1
+            sample.gt_instances.masks = BitmapMasks(masks, size, size)
+        samples.append(sample)
+    return dict(inputs=[torch.randint(0, 255, (3, size, size), dtype=torch.uint8)] * n,
+                data_samples=samples)
+
+
+def test_all_issue_configs_exist():
+    assert EXPECTED <= set(FULL_CONFIGS), sorted(EXPECTED - set(FULL_CONFIGS))
+    assert DEMO_CONFIGS, 'no detection demo config'
+
+
+@pytest.mark.parametrize('path', FULL_CONFIGS)
+def test_full_config_recipe_builds_and_steps(path):
+    from mmdet.registry import MODELS
+    from mmengine.optim import OptimWrapper
+    raw = Config.fromfile(osp.join(ROOT, path))
+    # The recipe as written: SyncBN everywhere, the pretrained backbone file, COCO at data/coco.
+    assert raw.default_scope == 'mmdet'
+    assert 'resnest_mm.models' in raw.custom_imports.imports
+    assert raw.model.backbone.norm_cfg.type == 'SyncBN' and raw.model.neck.norm_cfg.type == 'SyncBN'
+    heads = raw.model.roi_head.bbox_head
+    for head in heads if isinstance(heads, list) else [heads]:
+        assert head.type == 'Shared4Conv1FCBBoxHead' and head.norm_cfg.type == 'SyncBN'
+    assert raw.model.backbone.init_cfg.type == 'Pretrained'
+    assert raw.model.backbone.init_cfg.checkpoint.startswith('checkpoints/')
+    assert raw.train_dataloader.dataset.data_root == 'data/coco/'
+    assert raw.train_dataloader.batch_size * 8 == 16 and raw.optim_wrapper.optimizer.lr == 0.02
+    resize = raw.train_dataloader.dataset.pipeline[2]
+    if 'mask' in path:
+        assert resize.type == 'RandomChoiceResize' and [s[1] for s in resize.scales] == list(
+            range(640, 801, 32))
+    else:
+        assert resize.type == 'RandomResize' and resize.scale == [(1333, 640), (1333, 800)]
+    assert raw.test_dataloader.dataset.pipeline[1].scale == (1333, 800)
+
+    cfg = _load(path)
+    assert cfg.model.backbone.norm_cfg.type == 'BN'  # one CPU process
+    cfg.model.backbone.init_cfg = None  # the ImageNet file is not here
+    model = MODELS.build(cfg.model)
+    name = osp.basename(path)
+    cls = next(c for key, c in BACKBONE.items() if f'_{key}5' in name or f'_{key}1' in name)
+    assert type(model.backbone).__name__ == cls
+    assert type(model.backbone).__module__.startswith('resnest_mm.')
+    assert model.backbone.out_channels == (256, 512, 1024, 2048)
+    model.init_weights()
+    with_mask = 'mask' in path
+    data = _batch(64, with_mask, n=2)  # BN in the attention needs 2 values per channel
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-3))
+    losses = model.train_step(data, optim)
+    assert torch.isfinite(losses['loss'])
+    assert any('loss_mask' in k for k in losses) == with_mask
+    model.eval()
+    with torch.no_grad():
+        results = model.test_step(_batch(64, with_mask))
+    assert len(results) == 1 and 'pred_instances' in results[0]
+    assert results[0].pred_instances.bboxes.shape[-1] == 4
+
+
+@pytest.mark.parametrize('base,with_mask', [('coco_detection', False), ('coco_instance', True)])
+def test_dataset_bases_read_coco_files_through_their_pipelines(tmp_path, base, with_mask):
+    from mmdet.registry import DATASETS
+    from resnest_mm.demo_data import make_demo_coco
+    from resnest_mm.runner import register_toolbox
+    make_demo_coco(str(tmp_path / 'coco'), num_train=3, num_val=2, size=96)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'datasets', f'{base}.py'))
+    register_toolbox('mmdet')
+    from mmengine.utils import import_modules_from_strings
+    import_modules_from_strings(['resnest_mm.datasets.coco'])
+    for split in ('train_dataloader', 'test_dataloader'):
+        ds_cfg = cfg[split].dataset
+        ds_cfg.data_root = str(tmp_path / 'coco') + '/'
+        ds_cfg.ann_file = ds_cfg.ann_file.replace('instances_', 'instances_')
+        ds_cfg.metainfo = dict(classes=('circle', 'square', 'triangle'))
+        from mmengine.registry import DefaultScope
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            dataset = DATASETS.build(ds_cfg)
+            item = dataset[0]
+        inputs, sample = item['inputs'], item['data_samples']
+        # 96-pixel images come out with the shorter side in 640..800
+        assert 640 <= min(inputs.shape[1:]) <= 800
+        if split == 'train_dataloader':
+            assert len(sample.gt_instances) > 0
+            assert hasattr(sample.gt_instances, 'masks') == with_mask

@@ -1,0 +1,163 @@
+"""The command-line tools end to end, as a user runs them (subprocesses, tiny schedules):
+the demo configs train and evaluate through CocoMetric / IoUMetric, a run resumes at the right
+iteration, tools/test.py evaluates a saved checkpoint, a 2-process DDP run (gloo, CPU) trains,
+and bad data stops the run with one clear error."""
+import json
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_DEMO = 'configs/demo/faster_rcnn_resnest14_demo.py'
+SEG_DEMO = 'configs/demo/deeplabv3_resnest14-d8_demo-ade.py'
+
+
+def run_tool(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def det_data_options(root: str) -> list[str]:
+    root = root.rstrip('/') + '/'
+    ann = root + 'annotations/instances_val2017.json'
+    return [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')
+            ] + [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+
+
+def tiny_det(root: str, iters: int) -> list[str]:
+    return ['--cfg-options', *det_data_options(root), f'train_cfg.max_iters={iters}',
+            f'train_cfg.val_interval={iters}', 'default_hooks.checkpoint.interval=2',
+            'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2',
+            'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+            'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
+            'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False']
+
+
+@pytest.fixture(scope='module')
+def coco_root(tmp_path_factory):
+    from resnest_mm.demo_data import make_demo_coco
+    root = str(tmp_path_factory.mktemp('data') / 'demo_coco')
+    make_demo_coco(root, num_train=6, num_val=3, size=96)
+    return root
+
+
+@pytest.fixture(scope='module')
+def trained(coco_root, tmp_path_factory):
+    """A 4-iteration demo training run: its work dir and output."""
+    work = str(tmp_path_factory.mktemp('work'))
+    proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', work, *tiny_det(coco_root, 4))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, proc.stdout + proc.stderr
+
+
+def test_det_demo_trains_and_evaluates_with_coco_metric(trained):
+    work, out = trained
+    # The final validation went through CocoMetric and the tool printed its headline.
+    assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', out), out[-2000:]
+    assert 'coco/bbox_mAP' in out
+    assert osp.isfile(osp.join(work, 'iter_4.pth'))
+    # One process, BN instead of SyncBN is announced once (the demo is BN already: no warning).
+    assert 'Iter(train) [4/4]' in out
+
+
+def test_resume_continues_at_the_saved_iteration(trained, coco_root):
+    work, _ = trained
+    proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', work, '--resume',
+                    *tiny_det(coco_root, 6))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert 'resumed epoch: 0, iter: 4' in out, out[-2000:]
+    # Training went on from iteration 5, not from the start.
+    assert 'Iter(train) [5/6]' in out and 'Iter(train) [1/6]' not in out
+    assert osp.isfile(osp.join(work, 'iter_6.pth'))
+
+
+def test_test_tool_prints_metrics_of_a_saved_checkpoint(trained, coco_root, tmp_path):
+    work, _ = trained
+    proc = run_tool('tools/test.py', DET_DEMO, osp.join(work, 'iter_4.pth'), '--work-dir',
+                    str(tmp_path), *tiny_det(coco_root, 4))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'test metrics:' in proc.stdout
+    assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', proc.stdout)
+
+
+def test_test_tool_names_a_missing_checkpoint(tmp_path):
+    missing = str(tmp_path / 'nope.pth')
+    proc = run_tool('tools/test.py', DET_DEMO, missing)
+    assert proc.returncode == 2 and missing in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu_trains(coco_root, tmp_path):
+    work = str(tmp_path / 'ddp')
+    proc = run_tool('-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                    str(_free_port()), 'tools/train.py', DET_DEMO, '--launcher', 'pytorch',
+                    '--work-dir', work, *tiny_det(coco_root, 2))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    # mmengine's environment report: two processes under torchrun, wrapped for CPU DDP.
+    assert 'Distributed launcher: pytorch' in out and 'Distributed training: True' in out
+    assert 'GPU number: 2' in out, out[-2000:]  # mmengine's name for the world size
+    assert "model_wrapper_cfg = dict(type='CPUDistributedDataParallel')" in out
+    assert osp.isfile(osp.join(work, 'iter_2.pth'))
+    assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', out)
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    root = str(tmp_path / 'nowhere')
+    proc = run_tool('tools/train.py', 'configs/faster_rcnn_resnest50_fpn.py', '--work-dir',
+                    str(tmp_path / 'w'), '--cfg-options', *det_data_options(root))
+    assert proc.returncode == 2
+    assert root in proc.stderr and 'demo' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_malformed_annotation_file_is_one_clear_error(coco_root, tmp_path):
+    import shutil
+    root = str(tmp_path / 'broken')
+    shutil.copytree(coco_root, root)
+    ann = osp.join(root, 'annotations', 'instances_train2017.json')
+    with open(ann) as f:
+        data = json.load(f)
+    data['annotations'][0]['bbox'] = [1, 2, 3]  # a box needs four numbers
+    with open(ann, 'w') as f:
+        json.dump(data, f)
+    proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', str(tmp_path / 'w'),
+                    *tiny_det(root, 2))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ann in proc.stderr and 'bbox' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_seg_demo_trains_and_evaluates_with_iou_metric(tmp_path):
+    from resnest_mm.demo_data import make_demo_ade
+    root = str(tmp_path / 'demo_ade')
+    make_demo_ade(root, num_train=4, num_val=2, size=64)
+    options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')]
+    options += [f'{split}_dataloader.{key}' for split in ('train', 'val', 'test')
+                for key in ('num_workers=0', 'persistent_workers=False')]
+    proc = run_tool('tools/train.py', SEG_DEMO, '--work-dir', str(tmp_path / 'w'),
+                    '--cfg-options', *options, 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                    'train_dataloader.batch_size=2', 'model.data_preprocessor.size=(64,64)',
+                    'default_hooks.checkpoint.interval=2')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'mIoU \(%\): \d+\.\d{4}', proc.stdout), proc.stdout[-2000:]
+    assert osp.isfile(str(tmp_path / 'w' / 'iter_2.pth'))
+
+
+def test_train_tool_rejects_a_config_of_another_toolbox(tmp_path):
+    cfg = tmp_path / 'other.py'
+    cfg.write_text("default_scope = 'mmpretrain'\n")
+    proc = run_tool('tools/train.py', str(cfg))
+    assert proc.returncode == 2 and "default_scope='mmpretrain'" in proc.stderr
