@@ -1,0 +1,177 @@
+"""The benchmark, in its fast mode on tiny networks: every column filled, ratios from one run."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from resnest_mm import benchmark as bm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RESNEST = dict(base_channels=8, base_width=8)  # groups=1: the 3x3 width is `planes`
+# Ours widens the bottleneck to base_width (64) channels per group at base_channels; the
+# built-ins keep it at `planes`. base_width = base_channels is the same network in both.
+TINY = dict(base_channels=8, block_kwargs=dict(base_width=8))
+
+
+def fast(**kwargs) -> bm.BenchmarkSettings:
+    return bm.BenchmarkSettings(**dict(dict(batch=2, size=32, iters=3, warmup=1, threads=1),
+                                       **kwargs))
+
+
+@pytest.fixture(scope='module')
+def result():
+    specs = [bm.resolve_spec('resnest50', **TINY_RESNEST), bm.resolve_spec('resnet50', **TINY)]
+    return bm.run_benchmark(specs, fast(peers=('mmdet',)), progress=False)
+
+
+def test_every_column_is_filled(result):
+    header, rows = bm.measurement_table(result)
+    assert len(rows) == 4  # ours and MMDetection's, two networks
+    assert [(r[0], r[1].split('.')[0]) for r in rows[:2]] == [('resnest50', 'resnest_mm'),
+                                                              ('resnest50', 'mmdet')]
+    for row in rows:
+        assert len(row) == len(header)
+        assert all(cell not in ('', 'n/a', None) for cell in row), dict(zip(header, row))
+    for m in result.measurements:
+        assert len(m.times['infer']) == len(m.times['train']) == 3
+        assert all(t > 0 for t in m.times['infer'] + m.times['train'])
+        assert m.peak_bytes['train'] > m.peak_bytes['infer'] > 0
+        assert m.macs > 0 and m.params > 0
+        assert m.max_abs_diff_vs_ours < 1e-4  # same network, same weights
+
+
+def test_peers_have_the_same_architecture(result):
+    for net in result.networks:
+        ours, peer = result.get(net, 'ours'), result.get(net, 'mmdet')
+        assert peer.params == ours.params
+        # Counted per implementation: equal up to how an op is written (ResNeSt's attention).
+        assert peer.macs == pytest.approx(ours.macs, rel=0.01)
+
+
+def test_res2net_peer_and_its_note():
+    res = bm.run_benchmark([bm.resolve_spec('res2net50', base_channels=8, base_width=4)],
+                           fast(peers=('mmdet',), modes=('infer',), flops=False, memory=False,
+                                iters=1, warmup=0), progress=False)
+    ours, peer = res.get('res2net50', 'ours'), res.get('res2net50', 'mmdet')
+    assert peer.params == ours.params
+    # Ours is the official network: the one extra pool changes the output, and the note says so.
+    assert peer.max_abs_diff_vs_ours > 1e-4
+    assert 'MMDetection lacks' in peer.note and 'MMDetection lacks' in bm.render_markdown(res)
+
+
+def test_ratios_come_from_the_same_run(result):
+    ratios = bm.peer_ratios(result)
+    assert [(r['network'], r['peer']) for r in ratios] == [('resnest50', 'mmdet'),
+                                                           ('resnet50', 'mmdet')]
+    for r in ratios:
+        ours, peer = result.get(r['network'], 'ours'), result.get(r['network'], 'mmdet')
+        for mode in ('infer', 'train'):
+            assert r[f'{mode}_speedup'] == pytest.approx(peer.median(mode) / ours.median(mode))
+            assert r[f'{mode}_memory_ratio'] == pytest.approx(
+                ours.peak_bytes[mode] / peer.peak_bytes[mode])
+    flops = bm.flop_ratios(result)
+    assert [(r['network'], r['reference']) for r in flops] == [('resnest50', 'resnet50')]
+    r = flops[0]
+    s, n = result.get('resnest50', 'ours'), result.get('resnet50', 'ours')
+    assert r['flop_ratio'] == pytest.approx(s.macs / n.macs) and r['flop_ratio'] > 1
+    assert r['train_time_ratio'] == pytest.approx(s.median('train') / n.median('train'))
+    assert r['train_within_flop_ratio'] == (r['train_time_ratio'] <= r['flop_ratio'])
+
+
+def test_interleaved_round_robin(monkeypatch):
+    """Calls alternate between implementations: A B A B ..., never A A ... B B."""
+    order = []
+    original = bm._runner
+
+    def spy(impl, mode, x, settings):
+        run = original(impl, mode, x, settings)
+
+        def logged():
+            order.append((mode, impl.source))
+            run()
+        return logged
+    monkeypatch.setattr(bm, '_runner', spy)
+    specs = [bm.resolve_spec('resnet50', **TINY)]
+    bm.run_benchmark(specs, fast(peers=('mmdet',), flops=False, memory=False, iters=2),
+                     progress=False)
+    assert order == [(mode, s) for mode in ('infer', 'train') for _ in range(3)
+                     for s in ('ours', 'mmdet')]
+
+
+def test_official_peer_gets_the_same_weights():
+    specs = [bm.resolve_spec('resnest50')]
+    res = bm.run_benchmark(specs, fast(peers=('official',), modes=('infer',), flops=False,
+                                       memory=False, iters=1, warmup=0), progress=False)
+    off = res.get('resnest50', 'official')
+    assert off.label == 'resnest.torch.resnest50'
+    assert off.params == res.get('resnest50', 'ours').params  # stages only, no classifier
+    assert off.max_abs_diff_vs_ours < 1e-4
+    assert not res.skipped_peers
+
+
+def test_missing_peers_are_reported_not_faked():
+    res = bm.run_benchmark([bm.resolve_spec('resnest14', **TINY_RESNEST)],
+                           fast(modes=('infer',), flops=False, memory=False, iters=1),
+                           progress=False)
+    assert [m.source for m in res.measurements] == ['ours']
+    assert {d['peer'] for d in res.skipped_peers} == {'mmdet', 'official'}
+    text = bm.render_markdown(res)
+    assert 'no official peer' in text and 'no mmdet peer' in text
+
+
+def test_config_file_backbone(tmp_path):
+    cfg = tmp_path / 'net.py'
+    cfg.write_text("model = dict(backbone=dict(type='resnest_mm.ResNeSt', depth=50, "
+                   "frozen_stages=1, norm_eval=True, out_indices=(3,), "
+                   "init_cfg=dict(type='Pretrained', checkpoint='missing.pth')))\n")
+    spec = bm.resolve_spec(str(cfg))
+    assert spec.label == 'net' and spec.variant == 'resnest50'  # the official one is found
+    assert spec.config['frozen_stages'] == -1 and 'init_cfg' not in spec.config
+    bad = tmp_path / 'mmdet_net.py'
+    bad.write_text("model = dict(backbone=dict(type='ResNeSt', depth=50))\n")
+    with pytest.raises(ValueError, match="model.backbone.type='ResNeSt'"):
+        bm.resolve_spec(str(bad))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(batch=0), 'batch=0'), (dict(size=16), 'size=16'), (dict(device='tpu'), 'device'),
+    (dict(modes=('fit',)), 'modes'), (dict(peers=('timm',)), 'peers'),
+])
+def test_bad_settings_fail_early(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)], fast(**kwargs), progress=False)
+
+
+def test_unknown_network():
+    with pytest.raises(ValueError, match="network 'resnest51'"):
+        bm.resolve_spec('resnest51')
+    with pytest.raises(FileNotFoundError, match='nope.py'):
+        bm.resolve_spec('nope.py')
+
+
+def test_cli_writes_markdown_json_and_png(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('benchmark_cli',
+                                                  os.path.join(ROOT, 'tools', 'benchmark.py'))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out_json, out_png = tmp_path / 'b.json', tmp_path / 'b.png'
+    cli.main(['resnet18', '--fast', '--size', '32', '--peers', 'mmdet', '--threads', '1',
+              '--mode', 'infer', '--no-progress', '--json', str(out_json), '--png', str(out_png)])
+    stdout = capsys.readouterr().out
+    assert '| resnet18 | mmdet.ResNet |' in stdout
+    assert 'infer speed-up (peer time / ours)' in stdout
+    data = json.loads(out_json.read_text())
+    assert data['settings']['batch'] == 2 and data['settings']['iters'] == 3
+    assert len(data['measurements']) == 2 and len(data['peer_ratios']) == 1
+    assert out_png.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_amp_and_channels_last_on_cpu():
+    res = bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)],
+                           fast(peers=('mmdet',), amp=True, channels_last=True, flops=False,
+                                iters=1, warmup=0), progress=False)
+    for m in res.measurements:
+        assert m.times['infer'] and m.times['train'] and m.peak_bytes['train'] > 0
+    assert 'AMP, channels-last' in bm.render_markdown(res)

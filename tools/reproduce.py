@@ -1,0 +1,73 @@
+"""Reproduce the ResNeSt paper's transfer tables (COCO detection, COCO instance segmentation,
+ADE20K) and render them beside the published numbers.
+
+Examples:
+    python tools/reproduce.py --dry-run                 # the full-scale commands
+    python tools/reproduce.py --rows faster_rcnn --gpus 8
+    python tools/reproduce.py --collect-only            # tables from the work dirs as they are
+    python tools/reproduce.py --demo                    # the whole pipeline, miniature, on CPU
+
+See docs/reproduce.md.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from resnest_mm.reproduce import (REPO_ROOT, collect, demo_rows, full_rows,  # noqa: E402
+                                  render_markdown, run_rows, write_outputs)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--demo', action='store_true',
+                   help='run the demo configs (configs/demo) with tiny schedules on this machine')
+    p.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+    p.add_argument('--collect-only', action='store_true',
+                   help='run nothing; render the tables from the work dirs')
+    p.add_argument('--rows', nargs='+', default=None, help='regexes of the row keys to take')
+    p.add_argument('--tables', nargs='+', default=None,
+                   choices=('coco_det', 'coco_inst', 'ade20k'))
+    p.add_argument('--gpus', type=int, default=None,
+                   help='GPUs per run (default: the published recipe: 8 for COCO, 4 for ADE20K)')
+    p.add_argument('--work-root', default=None,
+                   help='default work_dirs/reproduce (work_dirs/reproduce_demo with --demo)')
+    p.add_argument('--out', default=None, help='folder of results.{md,json,png} '
+                   '(default: the work root)')
+    p.add_argument('--demo-dir', default=os.path.join(REPO_ROOT, 'configs', 'demo'))
+    p.add_argument('--demo-iters', type=int, default=20,
+                   help='training iterations of each demo row')
+    p.add_argument('--no-progress', action='store_true')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.gpus is not None and args.gpus < 1:
+        raise SystemExit(f'--gpus={args.gpus} is not valid; expected an integer >= 1')
+    if args.demo_iters < 1:
+        raise SystemExit(f'--demo-iters={args.demo_iters} is not valid; expected >= 1')
+    root = args.work_root or os.path.join(
+        'work_dirs', 'reproduce_demo' if args.demo else 'reproduce')
+    if args.demo:
+        rows = demo_rows(args.demo_dir, root, iters=args.demo_iters, keys=args.rows,
+                         tables=args.tables)
+    else:
+        rows = full_rows(args.rows, args.tables)
+    if args.gpus is not None:
+        for row in rows:
+            row.gpus = args.gpus
+    if not args.collect_only:
+        run_rows(rows, root, demo=args.demo, dry_run=args.dry_run,
+                 progress=not args.no_progress)
+        if args.dry_run:
+            return
+    results = collect(rows, root)
+    print(render_markdown(rows, results, demo=args.demo))
+    paths = write_outputs(rows, results, args.out or root, demo=args.demo)
+    print(f"\nwritten: {paths['md']}, {paths['json']}, {paths['png']}")
+
+
+if __name__ == '__main__':
+    main()
