@@ -270,3 +270,42 @@ def test_unknown_argument_is_not_ignored():
 def test_blocks_declare_their_kind():
     assert isinstance(build('resnest14').layer1[0], ResNeStBottleneck)
     assert isinstance(build('res2net50').layer1[0], Res2NetBottleneck)
+
+
+@pytest.mark.parametrize('name', ['resnest14', 'res2net50', 'resnext50'])
+def test_channels_last_matches_nchw_and_keeps_the_callers_layout(name):
+    torch.manual_seed(0)
+    nchw = build(name, channels_last=False).eval()
+    auto = build(name).eval()  # None: channels-last on CPU
+    auto.load_state_dict(nchw.state_dict())
+    params = dict(auto.named_parameters())
+    x = torch.rand(2, 3, 48, 40)
+    with torch.no_grad():
+        ref, got = nchw(x), auto(x)
+    for a, b in zip(ref, got):
+        assert b.is_contiguous()  # necks and mmcv ops get the NCHW they gave
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    # Conv weights now live channels-last (no per-call weight and gradient copies) but are the
+    # same Parameter objects, so optimisers built before the first call still update them.
+    convs = [p for p in auto.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert all(params[n] is p for n, p in auto.named_parameters())
+    assert all(p.is_contiguous() for p in nchw.parameters())
+    # A channels-last input keeps its layout; training after inference_mode works.
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in auto(cl))
+    fresh = build(name)
+    with torch.inference_mode():  # the first call converts the weights here
+        fresh.eval()(x)
+    fresh.train()
+    sum(o.mean() for o in fresh(x)).backward()
+    convs = [p for p in fresh.parameters() if p.dim() == 4]
+    assert all(p.grad.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+def test_channels_last_with_dcn_is_refused_and_auto_stays_nchw():
+    dcn = dict(type='DCNv2', deform_groups=1, fallback_on_stride=False)
+    with pytest.raises(ValueError, match='channels_last'):
+        build('resnet50', dcn=dcn, stage_with_dcn=(False, True, True, True), channels_last=True)
+    with pytest.raises(ValueError, match='channels_last'):
+        build('resnet50', channels_last='yes')

@@ -368,11 +368,26 @@ class ResNetEngine(BaseModule):
             return True
         return x.device.type == 'cuda' and torch.is_autocast_enabled('cuda')
 
+    def _weights_to_channels_last(self) -> None:
+        # Conv weights stored channels-last spare every conv a weight copy in the forward pass
+        # and a gradient copy in the backward pass (oneDNN computes both in that layout).
+        # Parameters keep their identity (optimisers, hooks); only their storage changes.
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            for param in self.parameters():
+                if (param.dim() == 4
+                        and not param.is_contiguous(memory_format=torch.channels_last)):
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
+                    if param.grad is not None:
+                        param.grad = param.grad.contiguous(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         to_channels_last = x.dim() == 4 and self._use_channels_last(x)
         restore = (to_channels_last
                    and not x.is_contiguous(memory_format=torch.channels_last))
         if to_channels_last:
+            self._weights_to_channels_last()
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.forward_stem(x)
         outs = []
