@@ -449,8 +449,8 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
                 echo(shell_line(argv))
         return
     total = sum(len(s) for _, _, s in plans)
-    bar = _progress(progress, total)
-    with bar:
+    # rich's Progress enters as itself; without a bar this is None.
+    with _progress(progress, total) as bar:
         task = bar.add_task('reproduce', total=total) if bar else None
         for row, state, stages in plans:
             if not stages:

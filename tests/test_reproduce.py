@@ -228,3 +228,24 @@ def test_demo_rows_pair_each_demo_config_with_a_resnet_of_the_same_widths(tmp_pa
         assert type(resnet).__name__ == 'ResNet' and resnet.depth == 18
         assert resnet.stage_channels == ours.stage_channels
         assert resnet.stage_strides == ours.stage_strides
+
+
+@pytest.mark.parametrize('progress', [False, True])
+def test_run_rows_goes_on_after_a_failed_row_with_and_without_a_bar(tmp_path, monkeypatch,
+                                                                    progress):
+    rows = rp.full_rows(['^faster_rcnn_resnest50$', '^faster_rcnn_resnet50$'])
+    calls = []
+
+    def fake_stage(row, stage, argv, work_root):
+        calls.append((row.key, stage))
+        return 1 if row.key == 'faster_rcnn_resnest50' else 0
+    monkeypatch.setattr(rp, 'run_stage', fake_stage)
+    lines = []
+    rp.run_rows(rows, str(tmp_path), demo=False, echo=lines.append, progress=progress)
+    # The failed row stops at its train stage; the other row still trains and tests.
+    assert sorted(calls) == [('faster_rcnn_resnest50', 'train'), ('faster_rcnn_resnet50', 'test'),
+                             ('faster_rcnn_resnet50', 'train')]
+    failed = [line for line in lines if line.startswith('faster_rcnn_resnest50')]
+    assert len(failed) == 1 and failed[0].startswith('faster_rcnn_resnest50: train FAILED (exit 1')
+    assert [line for line in lines if line.startswith('faster_rcnn_resnet50')] == [
+        'faster_rcnn_resnet50: train done', 'faster_rcnn_resnet50: test done']
