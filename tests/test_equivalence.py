@@ -45,6 +45,7 @@ def compare(reference, reference_forward, ours, size=64, quiet=True):
     scale = max(float(o.abs().max()) for o in ref_out)
     assert scale > 1e-2, 'outputs collapsed: the comparison would not mean anything'
     assert diff < TOL, f'max abs diff {diff:.3g} (output scale {scale:.3g})'
+    print(f' max|diff|={diff:.2e} (scale {scale:.2g})', end=' ')  # pytest -s -v shows it
     return diff
 
 

@@ -1,7 +1,7 @@
-# CPU demo: DeepLabV3 on a tiny dilated ResNeSt-14 (base width 16, trained from scratch) on the
+# CPU demo: DeepLabV3 on a dilated ResNeSt-14 at 1/8 width (trained from scratch) on the
 # synthetic ADE20K-format data set of tools/make_demo_data.py (5 of ADE20K's classes, 128x128).
 # Same model family, data set class, label checks and IoUMetric as the ADE20K configs; trains
-# in a few minutes on 2 CPU cores and reaches a clearly non-trivial mIoU (see configs/README.md).
+# in under 2 minutes on 2 CPU cores (600 iterations) and reaches about 90 mIoU (configs/README.md).
 #   python tools/make_demo_data.py --kind ade
 #   python tools/train.py configs/demo/deeplabv3_resnest14-d8_demo-ade.py
 _base_ = [
@@ -81,7 +81,7 @@ val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 # Schedule: short, and Adam-style so that a from-scratch network gets somewhere in it.
-max_iters = 150
+max_iters = 600
 optim_wrapper = dict(type='OptimWrapper',
                      optimizer=dict(type='AdamW', lr=3e-3, weight_decay=1e-4))
 param_scheduler = [
