@@ -29,7 +29,7 @@ want = {'torch': '2.13.0', 'mmengine': '0.10.7', 'mmcv': '2.1.0', 'mmdet': '3.3.
 for name, ver in want.items():
     if md.version(name) != ver:
         sys.exit(1)
-for name in ('pytest', 'pycocotools', 'ftfy', 'regex', 'onnx', 'onnxruntime', 'onnxscript', 'matplotlib'):
+for name in ('pytest', 'pycocotools', 'ftfy', 'regex', 'onnx', 'onnxruntime', 'onnxscript', 'matplotlib', 'rich'):
     md.version(name)
 import mmcv.ops  # compiled ops present
 PYEOF
