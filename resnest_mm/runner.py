@@ -97,9 +97,14 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
     for name, path in (('resume', resume), ('checkpoint', load_from)):
         if path not in (None, 'auto') and not osp.isfile(path):
             raise FileNotFoundError(f'{name} checkpoint {path!r} does not exist')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+    try:
+        cfg = Config.fromfile(config)
+        if cfg_options:
+            cfg.merge_from_dict(dict(cfg_options))
+    except (TypeError, KeyError, SyntaxError, NameError, AssertionError) as err:
+        # mmengine's message is precise; the traceback through its merge code is not.
+        raise ValueError(f'config {config!r} (with --cfg-options {dict(cfg_options or {})}) '
+                         f'cannot be read: {type(err).__name__}: {err}') from err
     register_toolbox(toolbox_of(cfg))
     cfg.work_dir = _work_dir(config, cfg, work_dir)
     cfg.launcher = launcher
@@ -303,6 +308,40 @@ def prepare_data(cfg: Config, *, mode: str) -> None:
     else:
         from .seg_checks import check_seg_data
         check_seg_data(cfg, dataloaders=loaders)
+    if mode == 'train':
+        check_pretrained_files(cfg)
+
+
+def _pretrained_paths(node: Any, where: str) -> list[tuple[str, str]]:
+    found = []
+    if isinstance(node, Mapping):
+        init = node.get('init_cfg')
+        inits = init if isinstance(init, (list, tuple)) else [init]
+        for i, item in enumerate(inits):
+            if isinstance(item, Mapping) and item.get('type') == 'Pretrained':
+                key = f'{where}.init_cfg' + (f'[{i}]' if isinstance(init, (list, tuple)) else '')
+                found.append((f'{key}.checkpoint', item.get('checkpoint')))
+        for name, value in node.items():
+            if name != 'init_cfg':
+                found += _pretrained_paths(value, f'{where}.{name}')
+    return found
+
+
+def check_pretrained_files(cfg: Mapping) -> None:
+    """Fail before training starts when an ``init_cfg=dict(type='Pretrained')`` of the model
+    points at a local file that does not exist (URLs and ``open-mmlab://`` names are left to
+    mmengine).
+
+    Raises:
+        FileNotFoundError: Naming the config key, the path and the ways out.
+    """
+    for key, path in _pretrained_paths(cfg.get('model', {}), 'model'):
+        if isinstance(path, str) and '://' not in path and not osp.isfile(path):
+            raise FileNotFoundError(
+                f'{key}={path!r} does not exist. Download the ImageNet weights it names (where '
+                'to get each file: configs/README.md, "ImageNet checkpoints") to that path, or '
+                f'give their path with --cfg-options {key}=PATH, or train from random weights '
+                f'with --cfg-options {key.rsplit(".", 1)[0]}=None')
 
 
 # ------------------------------------------------------------------------------------------------

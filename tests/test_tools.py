@@ -156,8 +156,30 @@ def test_seg_demo_trains_and_evaluates_with_iou_metric(tmp_path):
     assert osp.isfile(str(tmp_path / 'w' / 'iter_2.pth'))
 
 
+def test_config_that_cannot_merge_is_one_clear_error(tmp_path):
+    cfg = tmp_path / 'bad_merge.py'
+    cfg.write_text(f"_base_ = {osp.join(ROOT, DET_DEMO)!r}\n"
+                   "model = dict(backbone=dict(init_cfg=dict(type='Pretrained')))\n")
+    proc = run_tool('tools/train.py', str(cfg))
+    assert proc.returncode == 2 and 'cannot be read' in proc.stderr and str(cfg) in proc.stderr
+    assert '_delete_=True' in proc.stderr and 'Traceback' not in proc.stderr
+
+
 def test_train_tool_rejects_a_config_of_another_toolbox(tmp_path):
     cfg = tmp_path / 'other.py'
     cfg.write_text("default_scope = 'mmpretrain'\n")
     proc = run_tool('tools/train.py', str(cfg))
     assert proc.returncode == 2 and "default_scope='mmpretrain'" in proc.stderr
+
+
+def test_missing_imagenet_checkpoint_is_one_clear_error(coco_root, tmp_path):
+    missing = str(tmp_path / 'resnest14.pth')
+    cfg = tmp_path / 'pretrained_demo.py'
+    cfg.write_text(f"_base_ = {osp.join(ROOT, DET_DEMO)!r}\n"
+                   f"model = dict(backbone=dict(init_cfg=dict(_delete_=True, type='Pretrained', "
+                   f"checkpoint={missing!r})))\n")
+    proc = run_tool('tools/train.py', str(cfg), '--work-dir', str(tmp_path / 'w'),
+                    *tiny_det(coco_root, 2))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"model.backbone.init_cfg.checkpoint='{missing}' does not exist" in proc.stderr
+    assert 'configs/README.md' in proc.stderr and 'Traceback' not in proc.stderr
