@@ -183,3 +183,14 @@ def test_missing_imagenet_checkpoint_is_one_clear_error(coco_root, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"model.backbone.init_cfg.checkpoint='{missing}' does not exist" in proc.stderr
     assert 'configs/README.md' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_mmdetections_own_train_tool_runs_our_config(coco_root, tmp_path):
+    import mmdet
+    tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    if not osp.isfile(tool):
+        pytest.skip('this mmdet wheel ships no tools/')
+    proc = run_tool(tool, DET_DEMO, '--work-dir', str(tmp_path / 'w'), *tiny_det(coco_root, 2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert osp.isfile(str(tmp_path / 'w' / 'iter_2.pth'))
+    assert 'coco/bbox_mAP' in proc.stdout + proc.stderr
