@@ -11,7 +11,7 @@ import os.path as osp
 from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
-from .seg_checks import DATALOADERS, leaf_datasets
+from .seg_checks import DATALOADERS, dataloader_datasets, join_data_root
 
 #: How to get the data, appended to every "missing data" message.
 COCO_HELP = (
@@ -31,13 +31,6 @@ class AnnotationError(ValueError):
     """A detection annotation file that cannot be used; the message names the file."""
 
 
-def _join(data_root: Optional[str], path: str) -> str:
-    # mmengine's BaseDataset joins relative paths onto data_root the same way.
-    if data_root and path and not osp.isabs(path):
-        return osp.join(data_root, path)
-    return path
-
-
 def det_data_paths(cfg: Mapping, *, dataloaders: Sequence[str] = DATALOADERS
                    ) -> list[tuple[str, str, str]]:
     """The annotation files and image folders a detection config reads.
@@ -52,19 +45,19 @@ def det_data_paths(cfg: Mapping, *, dataloaders: Sequence[str] = DATALOADERS
     """
     out = []
     for name in dataloaders:
-        loader = cfg.get(name)
-        if not loader or not loader.get('dataset'):
+        datasets = [ds for _, ds in dataloader_datasets(cfg, [name])]
+        if not datasets:
             continue
-        for ds in leaf_datasets(loader['dataset']):
+        for ds in datasets:
             if ds.get('backend_args'):
                 continue  # remote storage: nothing to check here
             root = ds.get('data_root')
             if ds.get('ann_file'):
-                out.append((name, 'annotation file', _join(root, ds['ann_file'])))
+                out.append((name, 'annotation file', join_data_root(root, ds['ann_file'])))
             prefix = ds.get('data_prefix') or {}
             img = prefix.get('img', prefix.get('img_path'))
             if img is not None:
-                out.append((name, 'images', _join(root, img)))
+                out.append((name, 'images', join_data_root(root, img)))
         evaluator = cfg.get(name.replace('dataloader', 'evaluator'))
         for metric in evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]:
             if isinstance(metric, Mapping) and metric.get('ann_file') and not metric.get(

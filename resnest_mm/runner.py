@@ -224,11 +224,6 @@ def enable_safe_checkpoint_loading() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Data
-def _leaf_datasets(dataset_cfg: Mapping):
-    from .seg_checks import leaf_datasets
-    return leaf_datasets(dataset_cfg)
-
-
 def _demo_writers() -> dict[str, Callable[[str], str]]:
     from . import demo_data
     return {'demo_coco': demo_data.make_demo_coco, 'demo_ade': demo_data.make_demo_ade}
@@ -237,16 +232,13 @@ def _demo_writers() -> dict[str, Callable[[str], str]]:
 def demo_roots(cfg: Mapping, *, dataloaders: Sequence[str]) -> list[tuple[str, str]]:
     """``(kind, root)`` of the synthetic demo data sets (``data_root`` named ``demo_coco`` or
     ``demo_ade``) the config reads."""
+    from .seg_checks import dataloader_datasets
     found = []
-    for name in dataloaders:
-        loader = cfg.get(name)
-        if not loader or not loader.get('dataset'):
-            continue
-        for ds in _leaf_datasets(loader['dataset']):
-            root = ds.get('data_root')
-            kind = osp.basename(osp.normpath(root)) if root else None
-            if kind in ('demo_coco', 'demo_ade') and (kind, osp.normpath(root)) not in found:
-                found.append((kind, osp.normpath(root)))
+    for _, ds in dataloader_datasets(cfg, dataloaders):
+        root = ds.get('data_root')
+        kind = osp.basename(osp.normpath(root)) if root else None
+        if kind in ('demo_coco', 'demo_ade') and (kind, osp.normpath(root)) not in found:
+            found.append((kind, osp.normpath(root)))
     return found
 
 

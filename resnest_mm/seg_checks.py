@@ -28,8 +28,9 @@ class LabelMapError(ValueError):
     """A segmentation label map that cannot be used; the message names the file."""
 
 
-def _join(data_root: Optional[str], prefix: str) -> str:
-    # mmengine's BaseDataset joins a relative prefix onto data_root the same way.
+def join_data_root(data_root: Optional[str], prefix: str) -> str:
+    """``prefix`` resolved as mmengine's ``BaseDataset`` resolves a relative path or data prefix:
+    joined onto ``data_root`` unless absolute (an empty prefix means ``data_root`` itself)."""
     if data_root and not osp.isabs(prefix):
         return osp.join(data_root, prefix)
     return prefix
@@ -47,6 +48,17 @@ def leaf_datasets(dataset_cfg: Mapping) -> Iterator[Mapping]:
         yield dataset_cfg
 
 
+def dataloader_datasets(cfg: Mapping, dataloaders: Sequence[str]
+                        ) -> Iterator[tuple[str, Mapping]]:
+    """``(dataloader name, leaf data set config)`` for each of ``dataloaders`` the config has
+    (absent, None and dataset-less dataloaders are skipped)."""
+    for name in dataloaders:
+        loader = cfg.get(name)
+        if loader and loader.get('dataset'):
+            for ds in leaf_datasets(loader['dataset']):
+                yield name, ds
+
+
 def seg_data_dirs(cfg: Mapping, *, dataloaders: Sequence[str] = DATALOADERS
                   ) -> list[tuple[str, str, str]]:
     """The image and label-map folders a segmentation config reads.
@@ -60,16 +72,12 @@ def seg_data_dirs(cfg: Mapping, *, dataloaders: Sequence[str] = DATALOADERS
         ``'label maps'``; label maps only where the data set reads them.
     """
     out = []
-    for name in dataloaders:
-        loader = cfg.get(name)
-        if not loader or not loader.get('dataset'):
-            continue
-        for ds in leaf_datasets(loader['dataset']):
-            prefix = ds.get('data_prefix') or {}
-            root = ds.get('data_root')
-            out.append((name, 'images', _join(root, prefix.get('img_path', ''))))
-            if prefix.get('seg_map_path') is not None:
-                out.append((name, 'label maps', _join(root, prefix['seg_map_path'])))
+    for name, ds in dataloader_datasets(cfg, dataloaders):
+        prefix = ds.get('data_prefix') or {}
+        root = ds.get('data_root')
+        out.append((name, 'images', join_data_root(root, prefix.get('img_path', ''))))
+        if prefix.get('seg_map_path') is not None:
+            out.append((name, 'label maps', join_data_root(root, prefix['seg_map_path'])))
     return out
 
 
@@ -89,15 +97,10 @@ def check_seg_data(cfg: Mapping, *, dataloaders: Sequence[str] = DATALOADERS,
     Raises:
         FileNotFoundError: Naming every missing folder, its dataloader, and how to get the data.
     """
-    missing = []
-    for name in dataloaders:
-        loader = cfg.get(name)
-        if not loader or not loader.get('dataset'):
-            continue
-        if any(ds.get('backend_args') for ds in leaf_datasets(loader['dataset'])):
-            continue
-        missing += [(n, role, path) for n, role, path in seg_data_dirs(cfg, dataloaders=[name])
-                    if not osp.isdir(path)]
+    remote = {name for name, ds in dataloader_datasets(cfg, dataloaders) if ds.get('backend_args')}
+    missing = [(name, role, path)
+               for name, role, path in seg_data_dirs(cfg, dataloaders=dataloaders)
+               if name not in remote and not osp.isdir(path)]
     if missing:
         lines = '\n'.join(f'  {path} ({role} of {name})' for name, role, path in missing)
         raise FileNotFoundError(f'segmentation data not found:\n{lines}\n{help_text}')
