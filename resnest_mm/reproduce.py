@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
 
 from .paper_results import (FRACTION_METRICS, LOG_KEYS, ROWS, SOURCES, TABLES, PaperRow,
@@ -41,25 +41,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ------------------------------------------------------------------------------------------------
 # Rows to run
-@dataclass
-class RunRow:
+@dataclass(frozen=True)
+class RunRow(PaperRow):
     """A row as run: the paper row's facts plus how to run it.
 
     Attributes:
-        config: Config file given to the train/test scripts.
         cfg_options: ``--cfg-options`` for training (the demo's tiny schedule).
         derived_from: For a demo row whose backbone is swapped: the demo config it derives from
             (the derived config is written to ``config`` before running).
         backbone_cfg: That swapped backbone.
     """
-    key: str
-    table: str
-    method: str
-    backbone: str
-    config: str
-    published: Optional[Reference]
-    also: tuple[Reference, ...] = ()
-    gpus: int = 8
     cfg_options: tuple[str, ...] = ()
     derived_from: Optional[str] = None
     backbone_cfg: Optional[dict] = None
@@ -68,9 +59,7 @@ class RunRow:
 def full_rows(keys: Optional[Sequence[str]] = None,
               tables: Optional[Sequence[str]] = None) -> list[RunRow]:
     """The paper's rows (all, or those whose key matches one of ``keys`` as a regex)."""
-    rows = [RunRow(key=r.key, table=r.table, method=r.method, backbone=r.backbone,
-                   config=r.config, published=r.published, also=r.also, gpus=r.gpus)
-            for r in ROWS]
+    rows = [RunRow(**{f.name: getattr(r, f.name) for f in fields(PaperRow)}) for r in ROWS]
     return _select(rows, keys, tables)
 
 

@@ -10,6 +10,7 @@ Examples:
 See docs/reproduce.md.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -56,8 +57,7 @@ def main(argv=None) -> None:
     else:
         rows = full_rows(args.rows, args.tables)
     if args.gpus is not None:
-        for row in rows:
-            row.gpus = args.gpus
+        rows = [dataclasses.replace(row, gpus=args.gpus) for row in rows]
     if not args.collect_only:
         run_rows(rows, root, demo=args.demo, dry_run=args.dry_run,
                  progress=not args.no_progress)
