@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .report import ProgressBar, markdown_table
+
 SOURCES = ('ours', 'mmdet', 'official')
 MODES = ('infer', 'train')
 #: Backbone arguments that do not change the architecture's arithmetic (or that the benchmark
@@ -545,33 +547,6 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-class _Progress:
-    """A rich progress bar (mmengine depends on rich), or nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            self.bar = Progress(TextColumn('{task.description}'), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True))
-            self.task = self.bar.add_task('benchmark', total=total)
-
-    @contextmanager
-    def running(self) -> Iterator['_Progress']:
-        if self.bar is None:
-            yield self
-            return
-        with self.bar:
-            yield self
-
-    def step(self, text: str, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n, description=text)
-
-
 def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
                   progress: bool = True) -> BenchmarkResult:
     """Build every network's implementations and measure them in one interleaved run."""
@@ -596,7 +571,7 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
     n = len(impls)
     reps = settings.warmup + settings.iters
     total = n * (int(settings.flops) + 1 + len(settings.modes) * (reps + int(settings.memory)))
-    bar = _Progress(progress, total)
+    bar = ProgressBar(enabled=progress, total=total, name='benchmark')
     with bar.running():
         for impl, meas in zip(impls, measurements):
             if settings.flops:
@@ -749,12 +724,6 @@ def flop_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
-    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-    return '\n'.join(lines)
-
-
 def render_markdown(result: BenchmarkResult) -> str:
     s = result.settings
     env = result.environment
@@ -763,14 +732,14 @@ def render_markdown(result: BenchmarkResult) -> str:
             f'{"AMP" if s.amp else "fp32"}{", channels-last" if s.channels_last else ""}, '
             f'{s.device} ({where}, {env["threads"]} threads), {s.warmup} warm-up + {s.iters} '
             f'timed repetitions, interleaved round-robin; torch {env["torch"]}.',
-            '', markdown(*measurement_table(result))]
+            '', markdown_table(*measurement_table(result))]
     header, rows = ratio_table(result)
     if rows:
-        text += ['', 'Peers against ours, from the same run:', '', markdown(header, rows)]
+        text += ['', 'Peers against ours, from the same run:', '', markdown_table(header, rows)]
     header, rows = flop_table(result)
     if rows:
         text += ['', 'Our time over our ResNet of the same depth, against the FLOP ratio:', '',
-                 markdown(header, rows)]
+                 markdown_table(header, rows)]
     notes = [f'- {m.network} {m.label}: {m.note}' for m in result.measurements if m.note]
     notes += [f'- {d["network"]}: no {d["peer"]} peer ({d["reason"]})'
               for d in result.skipped_peers]

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .paper_results import (FRACTION_METRICS, LOG_KEYS, ROWS, SOURCES, TABLES, PaperRow,
                             Reference)
+from .report import ProgressBar, markdown_table
 
 STATUS_FILE = 'reproduce_status.json'
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -438,9 +439,8 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
                 echo(shell_line(argv))
         return
     total = sum(len(s) for _, _, s in plans)
-    # rich's Progress enters as itself; without a bar this is None.
-    with _progress(progress, total) as bar:
-        task = bar.add_task('reproduce', total=total) if bar else None
+    bar = ProgressBar(enabled=progress, total=total, name='reproduce')
+    with bar.running():
         for row, state, stages in plans:
             if not stages:
                 echo(f'{row.key}: finished, skipped')
@@ -448,37 +448,18 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
             if row.derived_from:
                 write_derived_config(row)
             for stage, argv in stages:
-                if bar:
-                    bar.update(task, description=f'{row.key}: {stage}')
+                bar.step(f'{row.key}: {stage}', 0)
                 rc = run_stage(row, stage, argv, work_root)
-                if bar:
-                    bar.advance(task)
+                bar.step(f'{row.key}: {stage}')
                 echo(f'{row.key}: {stage} ' + ('done' if rc == 0 else
                                                f'FAILED (exit {rc}, see '
                                                f'{os.path.join(work_root, row.key)}/'
                                                f'reproduce_{stage}.log)'))
                 if rc != 0:
-                    if bar:
-                        bar.advance(task, len(stages) - 1 - stages.index((stage, argv)))
+                    # The row's later stages will not run: count them as done.
+                    bar.step(f'{row.key}: {stage} failed',
+                             len(stages) - 1 - stages.index((stage, argv)))
                     break
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool, total: int):
-    if not enabled or total == 0:
-        return _NoBar()
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
-    return Progress(TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -521,7 +502,7 @@ def table_markdown(table: str, rows: Sequence[RunRow], results: dict[str, RowRes
             sources.append(source)
         return f'[{sources.index(source) + 1}]'
 
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    table_rows = []
     for r in rows:
         res = results[r.key]
         cells = [r.method, r.backbone]
@@ -534,9 +515,10 @@ def table_markdown(table: str, rows: Sequence[RunRow], results: dict[str, RowRes
         also = '; '.join('/'.join(_num(a.values.get(m)) for m in metrics if m in a.values)
                          + f' ({a.schedule}) {cite(a.source)}' for a in r.also)
         cells += [also or '—', _status_cell(res)]
-        lines.append('| ' + ' | '.join(cells) + ' |')
+        table_rows.append(cells)
     notes = [f'[{i + 1}] {SOURCES[s]}' for i, s in enumerate(sources)]
-    return '\n'.join([f'### {title}', ''] + lines + ([''] + notes if notes else []))
+    return '\n'.join([f'### {title}', '', markdown_table(header, table_rows)]
+                     + ([''] + notes if notes else []))
 
 
 def render_markdown(rows: Sequence[RunRow], results: dict[str, RowResult],
