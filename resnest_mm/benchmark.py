@@ -327,16 +327,17 @@ def official_network(variant: Optional[str]) -> Optional[nn.Module]:
     return None
 
 
-def randomize_norms(model: nn.Module, seed: int = 0) -> None:
+def randomize_norms(model: nn.Module, seed: int = 0,
+                    last_norm_names: Sequence[str] = ('bn3', 'norm3')) -> None:
     """Non-trivial BN affine parameters and statistics, so outputs depend on every parameter
-    (the default init and zero-init residual make branches vanish) and the diff check means
-    something."""
+    (the default init and zero-init residual make branches vanish) and a diff check means
+    something. Norms named in ``last_norm_names`` (those closing a residual branch) get small
+    scales, which keep deep networks' activations tame."""
     g = torch.Generator().manual_seed(seed)
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             c = m.num_features
-            # Small scales where a residual branch closes keep deep networks' activations tame.
-            scale = 0.2 if name.rsplit('.', 1)[-1] in ('bn3', 'norm3') else 1.0
+            scale = 0.2 if name.rsplit('.', 1)[-1] in last_norm_names else 1.0
             with torch.no_grad():
                 m.weight.copy_(scale * (0.5 + 0.5 * torch.rand(c, generator=g)))
                 m.bias.copy_(0.1 * torch.randn(c, generator=g))

@@ -18,21 +18,10 @@ def _seed():
 
 def randomize_norms(model: torch.nn.Module, last_norm_names=('bn3', 'norm3', 'bn2')) -> None:
     """Give every BN non-trivial affine parameters and running statistics, so that equivalence
-    tests compare networks that use all of them (default BN is an identity in eval mode).
-
-    The norm closing each residual branch gets a small scale to keep deep nets' activations in a
-    range where an absolute tolerance means something.
-    """
-    g = torch.Generator().manual_seed(1)
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            scale = 0.2 if name.rsplit('.', 1)[-1] in last_norm_names else 1.0
-            with torch.no_grad():
-                m.weight.copy_(scale * (0.5 + 0.5 * torch.rand(c, generator=g)))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+    tests compare networks that use all of them (default BN is an identity in eval mode); the
+    norm closing each residual branch (BasicBlock's bn2 included) gets a small scale."""
+    from resnest_mm.benchmark import randomize_norms as randomize
+    randomize(model, seed=1, last_norm_names=last_norm_names)
 
 
 def max_diff(a, b) -> float:
