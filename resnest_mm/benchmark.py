@@ -40,9 +40,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .models.checks import check_int
 from .report import ProgressBar, markdown_table
 
 SOURCES = ('ours', 'mmdet', 'official')
+OWNER = 'BenchmarkSettings'  # names the settings in error messages
 MODES = ('infer', 'train')
 #: Backbone arguments that do not change the architecture's arithmetic (or that the benchmark
 #: sets itself) and are ignored when a config's backbone is matched to a named variant.
@@ -89,11 +91,8 @@ class BenchmarkSettings:
     def check(self) -> None:
         """Fail early, naming the setting, on a value that cannot work."""
         for name in ('batch', 'size', 'iters'):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name}={value!r} is not valid; expected an integer >= 1')
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f'warmup={self.warmup!r} is not valid; expected an integer >= 0')
+            check_int(OWNER, name, getattr(self, name), 1)
+        check_int(OWNER, 'warmup', self.warmup, 0)
         if self.size < 32:
             raise ValueError(f'size={self.size} is not valid; the backbones downsample 32 times, '
                              'expected >= 32')
@@ -109,10 +108,8 @@ class BenchmarkSettings:
         if bad:
             raise ValueError(f'peers={self.peers!r} is not valid: {bad} unknown; expected a '
                              f'subset of {SOURCES[1:]}')
-        if self.threads is not None and (isinstance(self.threads, bool)
-                                         or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ValueError(f'threads={self.threads!r} is not valid; expected an integer >= 1')
+        if self.threads is not None:
+            check_int(OWNER, 'threads', self.threads, 1)
 
 
 @dataclass

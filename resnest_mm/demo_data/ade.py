@@ -19,6 +19,8 @@ import os.path as osp
 
 import numpy as np
 
+from ..models.checks import check_int
+
 #: ADE20K's classes 1..5, in ADE20K's order: the label map value of class ``i`` is ``i + 1``.
 DEMO_CLASSES = ('wall', 'building', 'sky', 'floor', 'tree')
 WALL, BUILDING, SKY, FLOOR, TREE = 1, 2, 3, 4, 5
@@ -26,12 +28,6 @@ OTHER = 0  # ADE20K's "other objects": ignored in training and evaluation
 
 SPLITS = ('training', 'validation')
 _PREFIX = 'demo_'
-
-
-def _check_count(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'make_demo_ade: {name}={value!r} is not valid; expected an integer '
-                         f'>= {minimum}.')
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -133,10 +129,10 @@ def make_demo_ade(root: str, *, num_train: int = 96, num_val: int = 24, seed: in
         ValueError: A count or the size is not valid.
     """
     import cv2
-    _check_count('num_train', num_train, 1)
-    _check_count('num_val', num_val, 1)
-    _check_count('size', size, 32)
-    _check_count('seed', seed, 0)
+    check_int('make_demo_ade', 'num_train', num_train, 1)
+    check_int('make_demo_ade', 'num_val', num_val, 1)
+    check_int('make_demo_ade', 'size', size, 32)
+    check_int('make_demo_ade', 'seed', seed, 0)
     # One independent stream per split, so num_train does not change the validation images.
     for split, count, stream in (('training', num_train, 0), ('validation', num_val, 1)):
         rng = np.random.default_rng([seed, stream])

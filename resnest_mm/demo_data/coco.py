@@ -17,20 +17,15 @@ import json
 import math
 import os
 import os.path as osp
-from typing import Any
 
 import numpy as np
+
+from ..models.checks import check_int
 
 #: Category names; their COCO ids are 1, 2, 3.
 DEMO_CLASSES = ('circle', 'square', 'triangle')
 SPLITS = ('train2017', 'val2017')
 _PREFIX = 'demo_'
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'make_demo_coco: {name}={value!r} is not valid; an int >= {minimum} '
-                         'is required')
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -153,11 +148,11 @@ def make_demo_coco(root: str, *, num_train: int = 400, num_val: int = 100, seed:
         ValueError: A count, the seed or the size is not valid.
     """
     import cv2
-    _check_int('num_train', num_train, 1)
-    _check_int('num_val', num_val, 1)
-    _check_int('seed', seed, 0)
-    _check_int('size', size, 32)
-    _check_int('max_objects', max_objects, 1)
+    check_int('make_demo_coco', 'num_train', num_train, 1)
+    check_int('make_demo_coco', 'num_val', num_val, 1)
+    check_int('make_demo_coco', 'seed', seed, 0)
+    check_int('make_demo_coco', 'size', size, 32)
+    check_int('make_demo_coco', 'max_objects', max_objects, 1)
     categories = [dict(id=i + 1, name=name, supercategory='shape')
                   for i, name in enumerate(DEMO_CLASSES)]
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
