@@ -4,6 +4,7 @@ import os.path as osp
 from mmcv.transforms import BaseTransform
 from mmseg.datasets import ADE20KDataset
 
+from ..models.checks import check_int
 from ..seg_checks import ADE20K_HELP, check_label_map, check_seg_dirs
 from .registry import DATASETS, TRANSFORMS
 
@@ -63,10 +64,8 @@ class CheckSegLabels(BaseTransform):
 
     def __init__(self, *, num_classes: int, ignore_index: int = 255) -> None:
         super().__init__()
-        for name, value, low in (('num_classes', num_classes, 1), ('ignore_index', ignore_index, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f'CheckSegLabels: {name}={value!r} is not valid; expected an '
-                                 f'integer >= {low}.')
+        check_int('CheckSegLabels', 'num_classes', num_classes, 1)
+        check_int('CheckSegLabels', 'ignore_index', ignore_index, 0)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
 
