@@ -12,8 +12,11 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _NormBase
 
 from ..layers.dcn import conv_or_dcn_cfg
+from ..layers.layout import to_nchw
+from ..layers.pointwise import build_pointwise_conv
 
 
 def mid_channels(planes: int, base_width: int, base_channels: int, groups: int) -> int:
@@ -93,15 +96,31 @@ class ResidualBlock(BaseModule):
         if getattr(norm, 'weight', None) is not None:
             nn.init.zeros_(norm.weight)
 
+    def _add_in_place(self) -> bool:
+        """Whether the shortcut may be added into the residual branch's output in place: true when
+        the branch ends with a norm that keeps its input, not its output, for the backward pass."""
+        return isinstance(self.last_norm(), (_NormBase, nn.GroupNorm, nn.LayerNorm))
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.residual(x) + identity
+        out = self.residual(x)
+        if self._add_in_place():
+            return out.add_(identity)  # one feature map less to allocate per block
+        return out + identity
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, contiguous_output: bool = False) -> torch.Tensor:
+        """Args:
+            x: The block's input.
+            contiguous_output: Return the output in the default (NCHW) layout. Converting
+                before the activation makes that one tensor both the returned stage output and
+                the activation's (and next stage's) saved input, so it is stored only once.
+        """
         if self.with_cp and x.requires_grad:
             out = cp.checkpoint(self._forward, x, use_reentrant=False)
         else:
             out = self._forward(x)
+        if contiguous_output:
+            out = to_nchw(out)
         return self.relu(out)
 
 
@@ -159,10 +178,10 @@ class Bottleneck(ResidualBlock):
         # 'caffe' style strides the first 1x1 conv, 'pytorch' style the 3x3 part.
         self.conv1_stride = self.stride if self.style == 'caffe' else 1
         self.conv2_stride = 1 if self.style == 'caffe' else self.stride
-        self.conv1 = build_conv_layer(self.conv_cfg, self.in_channels, width, 1,
-                                      stride=self.conv1_stride, bias=False)
+        self.conv1 = build_pointwise_conv(self.conv_cfg, self.in_channels, width,
+                                          stride=self.conv1_stride)
         self.norm1_name = self._add_norm(width, 1)
-        self.conv3 = build_conv_layer(self.conv_cfg, width, self.out_channels, 1, bias=False)
+        self.conv3 = build_pointwise_conv(self.conv_cfg, width, self.out_channels)
         self.norm3_name = self._add_norm(self.out_channels, 3)
         self.plugin_names = {'after_conv1': [], 'after_conv2': [], 'after_conv3': []}
         for plugin in self.plugins:
@@ -186,6 +205,10 @@ class Bottleneck(ResidualBlock):
 
     def last_norm(self) -> nn.Module:
         return self.norm3
+
+    def _add_in_place(self) -> bool:
+        # A plugin after conv3 may keep its output for its backward pass.
+        return not self.plugin_names['after_conv3'] and super()._add_in_place()
 
     def _plugins(self, x: torch.Tensor, position: str) -> torch.Tensor:
         for name in self.plugin_names[position]:

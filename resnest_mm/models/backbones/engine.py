@@ -15,6 +15,9 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
+from ..layers.layout import graph_capture, save_as_nchw
+from ..layers.pointwise import build_pointwise_conv
+from ..layers.pool import ShapeOnlyAvgPool2d
 from .blocks import ResidualBlock
 
 ArchTable = dict[int, tuple[type[ResidualBlock], tuple[int, ...]]]
@@ -238,10 +241,11 @@ class ResNetEngine(BaseModule):
         if self.avg_down:
             # The pool sits at index 0 even when it is an identity (stride 1, dilated stages), so
             # the conv and norm keep the keys downsample.1/.2 of every avg-down checkpoint.
-            layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+            layers.append(ShapeOnlyAvgPool2d(stride, stride, ceil_mode=True,
+                                             count_include_pad=False)
                           if stride > 1 else nn.Identity())
             conv_stride = 1
-        layers += [build_conv_layer(self.conv_cfg, cin, cout, 1, stride=conv_stride, bias=False),
+        layers += [build_pointwise_conv(self.conv_cfg, cin, cout, stride=conv_stride),
                    self._norm(cout)[1]]
         return nn.Sequential(*layers)
 
@@ -382,6 +386,21 @@ class ResNetEngine(BaseModule):
                     if param.grad is not None:
                         param.grad = param.grad.contiguous(memory_format=torch.channels_last)
 
+    @staticmethod
+    def _forward_stage_one_copy(stage: nn.Sequential, x: torch.Tensor, *,
+                                nchw_output: bool) -> torch.Tensor:
+        last = len(stage) - 1
+        for j, block in enumerate(stage):
+            if x.is_contiguous(memory_format=torch.channels_last) or block.with_cp:
+                # (Checkpointing keeps its input itself, so its blocks get the copy plainly.)
+                x = block(x.contiguous(memory_format=torch.channels_last),
+                          contiguous_output=nchw_output and j == last)
+            else:
+                x_cl = x.contiguous(memory_format=torch.channels_last)
+                with save_as_nchw(x_cl, x):
+                    x = block(x_cl, contiguous_output=nchw_output and j == last)
+        return x
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         to_channels_last = x.dim() == 4 and self._use_channels_last(x)
         restore = (to_channels_last
@@ -390,11 +409,18 @@ class ResNetEngine(BaseModule):
             self._weights_to_channels_last()
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.forward_stem(x)
+        # Necks and mmcv ops expect the layout they were given. When autograd records, a stage
+        # returns that layout itself and the next stage reads a channels-last copy that autograd
+        # does not keep (save_as_nchw), so no map lives twice through the backward pass.
+        one_copy = restore and torch.is_grad_enabled() and not graph_capture()
         outs = []
         for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
+            stage = getattr(self, name)
+            if one_copy:
+                x = self._forward_stage_one_copy(stage, x, nchw_output=i in self.out_indices)
+            else:
+                x = stage(x)
             if i in self.out_indices:
-                # Necks and mmcv ops expect the layout they gave us.
                 outs.append(x.contiguous() if restore else x)
         # Ordered as out_indices asks, which may differ from stage order.
         by_stage = dict(zip(sorted(self.out_indices), outs))

@@ -7,6 +7,7 @@ import torch.nn as nn
 from ...registry import MODELS
 from ..checks import check_int
 from ..layers import SplitAttentionConv2d
+from ..layers.pool import ShapeOnlyAvgPool2d
 from .blocks import Bottleneck, mid_channels
 from .engine import ResNetEngine
 
@@ -44,7 +45,7 @@ class ResNeStBottleneck(Bottleneck):
         self.avd_first = avd_first
         conv_stride = 1 if self.avd else self.conv2_stride
         if self.avd:
-            self.avd_layer = nn.AvgPool2d(3, self.conv2_stride, padding=1)
+            self.avd_layer = ShapeOnlyAvgPool2d(3, self.conv2_stride, padding=1)
         self.conv2 = SplitAttentionConv2d(
             in_channels=width, channels=width, kernel_size=3, stride=conv_stride,
             padding=self.dilation, dilation=self.dilation, groups=groups, radix=radix,

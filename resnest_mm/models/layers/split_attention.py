@@ -15,6 +15,7 @@ from mmengine.model import BaseModule
 
 from ..checks import check_int
 from .dcn import conv_or_dcn_cfg
+from .pointwise import PointwiseConv2d
 
 
 class SplitAttentionConv2d(BaseModule):
@@ -72,10 +73,13 @@ class SplitAttentionConv2d(BaseModule):
         self.norm0_name, norm0 = build_norm_layer(norm_cfg, channels * radix, postfix=0)
         self.add_module(self.norm0_name, norm0)
         self.relu = nn.ReLU(inplace=True)
-        self.fc1 = nn.Conv2d(channels, inter_channels, 1, groups=groups)
+        # Grouped by cardinal group; with one group, a matrix product on CPU (see pointwise.py).
+        fc = (lambda cin, cout: PointwiseConv2d(cin, cout, bias=True)) if groups == 1 else \
+            (lambda cin, cout: nn.Conv2d(cin, cout, 1, groups=groups))
+        self.fc1 = fc(channels, inter_channels)
         self.norm1_name, norm1 = build_norm_layer(norm_cfg, inter_channels, postfix=1)
         self.add_module(self.norm1_name, norm1)
-        self.fc2 = nn.Conv2d(inter_channels, channels * radix, 1, groups=groups)
+        self.fc2 = fc(inter_channels, channels * radix)
 
     @property
     def norm0(self) -> nn.Module:

@@ -1,0 +1,199 @@
+"""The fast paths (matrix-product 1x1 convs, in-place shortcut adds, NCHW outputs kept once,
+average pools that keep only a shape) compute exactly what the plain ops compute."""
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn.bricks import ConvWS2d
+
+from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
+from resnest_mm.models.layers import pointwise
+from resnest_mm.models.layers.layout import save_as_nchw, to_nchw
+from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
+from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
+
+
+def channels_last(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('bias,stride', [(False, 1), (True, 1), (False, 2)])
+def test_gemm_path_matches_conv_forward_and_backward(bias, stride):
+    conv = PointwiseConv2d(12, 20, stride=stride, bias=bias)
+    x = channels_last(2, 12, 7, 5).requires_grad_()  # odd sizes: strided output is 4x3
+    assert conv.uses_gemm(x)
+    out = conv(x)
+    assert out.shape == (2, 20, -(-7 // stride), -(-5 // stride))
+    assert out.is_contiguous(memory_format=torch.channels_last)  # no layout copy on the way out
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    got = [x.grad, conv.weight.grad] + ([conv.bias.grad] if bias else [])
+
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = conv.weight.detach().clone().requires_grad_()
+    b_ref = conv.bias.detach().clone().requires_grad_() if bias else None
+    ref_out = F.conv2d(x_ref, w_ref, b_ref, stride=stride)
+    ref_out.backward(grad)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    ref = [x_ref.grad, w_ref.grad] + ([b_ref.grad] if bias else [])
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_path_for_nchw_large_and_non_4d_inputs(monkeypatch):
+    conv = PointwiseConv2d(4, 6)
+    assert not conv.uses_gemm(torch.randn(2, 4, 8, 8))  # NCHW: the conv needs no copy
+    x = channels_last(2, 4, 8, 8)  # 128 positions
+    assert conv.uses_gemm(x)
+    monkeypatch.setattr(pointwise, 'GEMM_MAX_POSITIONS', 127)
+    assert not conv.uses_gemm(x)
+    assert PointwiseConv2d(4, 6, stride=2).uses_gemm(x)  # 32 output positions
+    calls = []
+    monkeypatch.setattr(F, 'linear', lambda *a: calls.append(a))
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight))
+    assert not calls
+    assert not conv.uses_gemm(torch.randn(4, 8, 8))  # unbatched input: nn.Conv2d's own path
+    assert conv(torch.randn(4, 8, 8)).shape == (6, 8, 8)
+
+
+def test_traced_graphs_keep_the_conv_op():
+    conv = PointwiseConv2d(4, 6).eval()
+    x = channels_last(1, 4, 8, 8)
+    traced = torch.jit.trace(conv, x)
+    kinds = {n.kind() for n in traced.inlined_graph.nodes()}
+    assert 'aten::_convolution' in kinds and 'aten::linear' not in kinds
+    torch.testing.assert_close(traced(x), conv(x), atol=1e-6, rtol=1e-6)
+
+
+def test_builder_keeps_other_conv_types():
+    assert type(build_pointwise_conv(None, 4, 8)) is PointwiseConv2d
+    assert type(build_pointwise_conv(dict(type='Conv2d'), 4, 8)) is PointwiseConv2d
+    strided = build_pointwise_conv(None, 4, 8, stride=2)
+    assert type(strided) is PointwiseConv2d and strided.stride == (2, 2)
+    ws = build_pointwise_conv(dict(type='ConvWS'), 4, 8)
+    assert isinstance(ws, ConvWS2d) and not isinstance(ws, PointwiseConv2d)
+    # Same parameters and state-dict keys as the conv it replaces: checkpoints load unchanged.
+    plain = nn.Conv2d(4, 8, 1, bias=True)
+    ours = build_pointwise_conv(None, 4, 8, bias=True)
+    assert ours.state_dict().keys() == plain.state_dict().keys()
+    assert all(a.shape == b.shape for a, b in zip(ours.parameters(), plain.parameters()))
+
+
+NETS = {
+    'resnest': lambda **kw: ResNeSt(depth=50, base_channels=8, base_width=4, groups=2, **kw),
+    'resnest_r1': lambda **kw: ResNeSt(depth=14, base_channels=8, base_width=8, radix=1, **kw),
+    'resnext': lambda **kw: ResNeXt(depth=50, base_channels=8, groups=4, base_width=2, **kw),
+    'res2net': lambda **kw: Res2Net(depth=50, base_channels=8, base_width=4, scales=4, **kw),
+    'resnet_v1d': lambda **kw: ResNet(depth=50, base_channels=8, deep_stem=True, avg_down=True,
+                                      **kw),
+}
+
+
+@pytest.mark.parametrize('name', sorted(NETS))
+def test_backbone_training_step_is_the_plain_nchw_network(name, monkeypatch):
+    """Every fast path at once (channels-last, matrix products, in-place adds, outputs kept once,
+    shape-only pools) against the same network run in NCHW with plain ops, in training mode:
+    outputs, their layout and every parameter gradient. In float64, so that only a real
+    difference, not batch norm amplifying float32 rounding, can fail it."""
+    torch.manual_seed(0)
+    fast = NETS[name](norm_eval=False).train().double()
+    plain = NETS[name](norm_eval=False, channels_last=False).train().double()
+    plain.load_state_dict(fast.state_dict())
+    assert any(isinstance(m, PointwiseConv2d) for m in fast.modules())
+    x = torch.rand(2, 3, 64, 48, dtype=torch.float64)
+
+    def step(model):
+        outs = model(x)
+        sum((o * torch.linspace(0, 1, o.shape[1], dtype=o.dtype).view(1, -1, 1, 1)).mean()
+            for o in outs
+            ).backward()
+        return outs, {n: p.grad for n, p in model.named_parameters()}
+
+    linear = F.linear
+    used = []
+    monkeypatch.setattr(F, 'linear', lambda *a: used.append(1) or linear(*a))
+    outs, grads = step(fast)
+    assert used  # the matrix-product path ran
+    assert all(o.is_contiguous() for o in outs)
+    used.clear()
+    monkeypatch.setattr(pointwise, 'GEMM_MAX_POSITIONS', 0)
+    monkeypatch.setattr(type(fast.layer1[0]), '_add_in_place', lambda self: False)
+    monkeypatch.setattr(ShapeOnlyAvgPool2d, 'forward', nn.AvgPool2d.forward)
+    ref_outs, ref_grads = step(plain)
+    assert not used
+    for a, b in zip(outs, ref_outs):
+        torch.testing.assert_close(a, b)
+    for n, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[n], msg=n)
+
+
+def test_shortcut_add_is_out_of_place_after_a_conv3_plugin():
+    plugins = [dict(cfg=dict(type='ContextBlock', ratio=1. / 4),
+                    stages=(True, False, False, False), position='after_conv3')]
+    model = ResNet(depth=50, base_channels=8, plugins=plugins)
+    assert not model.layer1[0]._add_in_place()
+    assert model.layer2[0]._add_in_place()
+    gn = ResNet(depth=50, base_channels=8, norm_cfg=dict(type='GN', num_groups=4))
+    assert gn.layer1[0]._add_in_place()
+
+
+def saved_tensor_count(fn, x):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fn(x)
+    return out, [t for t in saved if t.numel() > 1]
+
+
+@pytest.mark.parametrize('kwargs', [dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=2, stride=2, ceil_mode=True,
+                                         count_include_pad=False),
+                                    dict(kernel_size=3, stride=1, padding=1)])
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_shape_only_pool_matches_avg_pool_and_keeps_no_input(kwargs, layout):
+    x = torch.randn(2, 6, 9, 7)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    pool, ref_pool = ShapeOnlyAvgPool2d(**kwargs), nn.AvgPool2d(**kwargs)
+    out, saved = saved_tensor_count(pool, x)
+    assert not saved
+    ref, ref_saved = saved_tensor_count(ref_pool, x)
+    assert len(ref_saved) == 1  # the plain op keeps the whole input
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, x, grad)[0]
+    want = torch.autograd.grad(ref, x, grad)[0]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert got.is_contiguous(memory_format=torch.channels_last) == (layout != 'nchw')
+    traced = torch.jit.trace(pool, x)  # x requires grad: only graph capture picks the plain op
+    assert 'aten::avg_pool2d' in {n.kind() for n in traced.inlined_graph.nodes()}
+
+
+def test_save_as_nchw_keeps_only_the_nchw_tensor():
+    nchw = torch.randn(2, 4, 6, 5, requires_grad=True)
+    conv = PointwiseConv2d(4, 3)
+    x_cl = nchw.contiguous(memory_format=torch.channels_last)
+    assert conv.uses_gemm(x_cl)  # the matrix product saves a view of x_cl
+    with save_as_nchw(x_cl, nchw):
+        out = conv(x_cl) * 2
+    copy_alive = weakref.ref(x_cl)
+    del x_cl
+    assert copy_alive() is None  # autograd did not keep the channels-last copy
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (nchw, conv.weight), grad)
+    x_ref = nchw.detach().requires_grad_()
+    want = torch.autograd.grad(F.conv2d(x_ref, conv.weight) * 2, (x_ref, conv.weight), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_to_nchw_returns_nchw_and_sends_gradients_back_channels_last():
+    x = channels_last(2, 3, 4, 5).requires_grad_()
+    y = to_nchw(x)
+    assert y.is_contiguous() and torch.equal(y, x)
+    grad, = torch.autograd.grad(y, x, torch.randn(2, 3, 4, 5))
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    nchw = torch.randn(2, 3, 4, 5)
+    assert to_nchw(nchw) is nchw
