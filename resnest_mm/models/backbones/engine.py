@@ -6,6 +6,7 @@ dilations, multi-grid and contracted dilation, frozen stages and ``norm_eval``, 
 their metadata, weight initialisation and checkpoint loading. A family subclass contributes only its
 block class, its table of depths and its block arguments.
 """
+from contextlib import nullcontext
 from typing import Any, ClassVar, Optional, Sequence
 
 import torch
@@ -376,7 +377,7 @@ class ResNetEngine(BaseModule):
         # Conv weights stored channels-last spare every conv a weight copy in the forward pass
         # and a gradient copy in the backward pass (oneDNN computes both in that layout).
         # Parameters keep their identity (optimisers, hooks); only their storage changes.
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if graph_capture():
             return
         with torch.inference_mode(False), torch.no_grad():
             for param in self.parameters():
@@ -391,14 +392,12 @@ class ResNetEngine(BaseModule):
                                 nchw_output: bool) -> torch.Tensor:
         last = len(stage) - 1
         for j, block in enumerate(stage):
-            if x.is_contiguous(memory_format=torch.channels_last) or block.with_cp:
-                # (Checkpointing keeps its input itself, so its blocks get the copy plainly.)
-                x = block(x.contiguous(memory_format=torch.channels_last),
-                          contiguous_output=nchw_output and j == last)
-            else:
-                x_cl = x.contiguous(memory_format=torch.channels_last)
-                with save_as_nchw(x_cl, x):
-                    x = block(x_cl, contiguous_output=nchw_output and j == last)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            # Nothing to redirect when x already is channels-last; checkpointing keeps its input
+            # itself, so its blocks get the copy plainly.
+            plain = x_cl is x or block.with_cp
+            with nullcontext() if plain else save_as_nchw(x_cl, x):
+                x = block(x_cl, contiguous_output=nchw_output and j == last)
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -40,7 +40,7 @@ class ShapeOnlyAvgPool2d(nn.AvgPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or not (torch.is_grad_enabled() and x.requires_grad) or graph_capture():
             return super().forward(x)
-        stride = self.stride if self.stride is not None else self.kernel_size
-        args = (list(_pair(self.kernel_size)), list(_pair(stride)), list(_pair(self.padding)),
+        # (nn.AvgPool2d already turned stride=None into the kernel size.)
+        args = (list(_pair(self.kernel_size)), list(_pair(self.stride)), list(_pair(self.padding)),
                 self.ceil_mode, self.count_include_pad, self.divisor_override)
         return _AvgPoolKeepingShape.apply(x, args)
