@@ -12,6 +12,7 @@ from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
 from resnest_mm.models.layers import pointwise
 from resnest_mm.models.layers.layout import save_as_nchw, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
+from resnest_mm.models.layers import split_attention
 from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
 
 
@@ -121,12 +122,60 @@ def test_backbone_training_step_is_the_plain_nchw_network(name, monkeypatch):
     monkeypatch.setattr(pointwise, 'GEMM_MAX_POSITIONS', 0)
     monkeypatch.setattr(type(fast.layer1[0]), '_add_in_place', lambda self: False)
     monkeypatch.setattr(ShapeOnlyAvgPool2d, 'forward', nn.AvgPool2d.forward)
+    monkeypatch.setattr(split_attention._WeightedSplitSum, 'apply',
+                        split_attention._weighted_split_sum)
     ref_outs, ref_grads = step(plain)
     assert not used
     for a, b in zip(outs, ref_outs):
         torch.testing.assert_close(a, b)
     for n, g in grads.items():
         torch.testing.assert_close(g, ref_grads[n], msg=n)
+
+
+@pytest.mark.parametrize('radix', [1, 2, 4])
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_weighted_split_sum_backward_is_autograds(radix, layout):
+    """The split-attention weighted sum's own backward against autograd through the plain ops:
+    same gradients, and the input's gradient is one tensor in the input's layout."""
+    torch.manual_seed(0)
+    x = torch.randn(2, radix * 6, 5, 7, dtype=torch.float64)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weights = torch.rand(2, radix, 6, dtype=torch.float64, requires_grad=True)
+    out = split_attention._WeightedSplitSum.apply(x, weights)
+    ref = split_attention._weighted_split_sum(x, weights)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    grad = torch.randn_like(out).contiguous()  # an NCHW gradient for a channels-last x too
+    got = torch.autograd.grad(out, (x, weights), grad)
+    want = torch.autograd.grad(ref, (x, weights), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    fmt = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+    assert got[0].is_contiguous(memory_format=fmt)
+    assert torch.autograd.gradcheck(split_attention._WeightedSplitSum.apply,
+                                    (x[:1, :, :3, :2].detach().requires_grad_(),
+                                     weights[:1].detach().requires_grad_()))
+
+
+def test_split_attention_pooling_gradient_is_not_materialised():
+    """The pooling's gradient reaches the feature map as a broadcast view: the mean it replaces
+    materialised an NCHW map and added it to the channels-last gradient."""
+    layer = split_attention.SplitAttentionConv2d(in_channels=8, channels=8, radix=2)
+    layer.conv = layer.conv.to(memory_format=torch.channels_last)
+    x = channels_last(2, 8, 6, 6).requires_grad_()
+    ops = []
+
+    class Log(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    out = layer(x)
+    with Log():
+        out.sum().backward()
+    assert 'div' not in ops and 'cat' not in ops
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_shortcut_add_is_out_of_place_after_a_conv3_plugin():

@@ -5,8 +5,14 @@ The grouped conv produces ``radix`` splits of ``channels`` each, laid out as
 layout is the official network's (its checkpoints load unchanged), and it lets the splits be viewed
 as one ``(N, radix, channels, H, W)`` tensor: the sum, pooling, softmax and weighted sum are a few
 whole-tensor operations, with no Python loop over splits and no copies of the feature map.
+
+Two things keep the backward pass as lean as the forward one. The pooling is a sum scaled by
+``1 / (H * W)``: a sum's gradient is a broadcast view, where a mean's is a materialised map (in
+NCHW, which then had to be added to a channels-last gradient). And the weighted sum has its own
+backward (:class:`_WeightedSplitSum`): the gradient of all splits is one broadcast multiply into
+one tensor in the input's layout, instead of one product per split concatenated afterwards.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -15,7 +21,61 @@ from mmengine.model import BaseModule
 
 from ..checks import check_int
 from .dcn import conv_or_dcn_cfg
+from .layout import graph_capture
 from .pointwise import PointwiseConv2d
+
+
+def _split_views(x: torch.Tensor, g: torch.Tensor, radix: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Views of ``x (N, R*C, H, W)`` as ``(N, P, R, C)`` and of ``g (N, C, H, W)`` as
+    ``(N, P, 1, C)`` (channels-last) or ``(N, R, C, P)`` and ``(N, 1, C, P)`` (NCHW), P = H*W,
+    and the function that turns a tensor shaped like the first back into ``x``'s shape and
+    layout. ``g`` is brought to ``x``'s layout (a no-op when it already has it)."""
+    n, rc, h, w = x.shape
+    c = rc // radix
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        g = g.contiguous(memory_format=torch.channels_last)
+        return (x.permute(0, 2, 3, 1).reshape(n, h * w, radix, c),
+                g.permute(0, 2, 3, 1).reshape(n, h * w, 1, c),
+                lambda t: t.view(n, h, w, rc).permute(0, 3, 1, 2))
+    x, g = x.contiguous(), g.contiguous()
+    return (x.view(n, radix, c, h * w), g.view(n, 1, c, h * w),
+            lambda t: t.view(n, rc, h, w))
+
+
+class _WeightedSplitSum(torch.autograd.Function):
+    """``sum_r x_r * weights[:, r]`` over the ``R`` channel splits ``x_r`` of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weights)
+        return _weighted_split_sum(x, weights)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        x, weights = ctx.saved_tensors
+        n, r, c = weights.shape
+        xv, gv, as_x = _split_views(x, grad, r)
+        channels_last = xv.shape[2] == r
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            w = weights.view(n, 1, r, c) if channels_last else weights.view(n, r, c, 1)
+            grad_x = as_x(gv * w)
+        if ctx.needs_input_grad[1]:
+            grad_w = (xv * gv).sum(1 if channels_last else 3)
+        return grad_x, grad_w
+
+
+def _weighted_split_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # Multiply-adds over channel slices: elementwise kernels keep x's memory layout (a reduction
+    # over a split axis would return NCHW for a channels-last x).
+    n, r, c = weights.shape
+    weights = weights.view(n, r, c, 1, 1)
+    splits = x.split(c, dim=1)
+    out = splits[0] * weights[:, 0]
+    for i in range(1, r):
+        out = torch.addcmul(out, splits[i], weights[:, i])
+    return out
 
 
 class SplitAttentionConv2d(BaseModule):
@@ -105,12 +165,9 @@ class SplitAttentionConv2d(BaseModule):
         x = self.relu(self.norm0(self.conv(x)))
         n, r, c = x.shape[0], self.radix, self.channels
         # Pool first, then sum the splits: mean(sum) == sum(mean), and one pass reads x once.
-        pooled = x.mean((2, 3), keepdim=True).view(n, r, c, 1, 1).sum(1)
-        weights = self.attention(pooled).view(n, r, c, 1, 1)
-        # Weighted sum as multiply-adds over channel slices: elementwise kernels keep x's memory
-        # layout (a reduction over a split axis would return NCHW for a channels-last x).
-        splits = x.split(c, dim=1)  # views; their backward is one concatenation
-        out = splits[0] * weights[:, 0]
-        for i in range(1, r):
-            out = torch.addcmul(out, splits[i], weights[:, i])
-        return out
+        pooled = (x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
+                  ).view(n, r, c, 1, 1).sum(1)
+        weights = self.attention(pooled)
+        if graph_capture():
+            return _weighted_split_sum(x, weights)
+        return _WeightedSplitSum.apply(x, weights)
