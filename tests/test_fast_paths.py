@@ -14,6 +14,7 @@ from resnest_mm.models.layers.layout import save_as_nchw, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
 from resnest_mm.models.layers import split_attention
 from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
+from resnest_mm.models.layers.spatial import SpatialConv2d, build_spatial_conv
 
 
 def channels_last(*shape: int) -> torch.Tensor:
@@ -115,8 +116,13 @@ def test_backbone_training_step_is_the_plain_nchw_network(name, monkeypatch):
     linear = F.linear
     used = []
     monkeypatch.setattr(F, 'linear', lambda *a: used.append(1) or linear(*a))
+    nchw_convs = []
+    for m in fast.modules():
+        if isinstance(m, SpatialConv2d):
+            m.register_forward_pre_hook(lambda m, a: nchw_convs.append(m.computes_nchw(a[0])))
     outs, grads = step(fast)
     assert used  # the matrix-product path ran
+    assert any(nchw_convs) and not all(nchw_convs)  # spatial convs ran both ways
     assert all(o.is_contiguous() for o in outs)
     used.clear()
     monkeypatch.setattr(pointwise, 'GEMM_MAX_POSITIONS', 0)
@@ -178,6 +184,54 @@ def test_split_attention_pooling_gradient_is_not_materialised():
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
+    torch.manual_seed(0)
+    conv = SpatialConv2d(16, 24, 3, padding=1, groups=2).double()
+    weight = conv.weight
+    small = channels_last(2, 16, 3, 3).double().requires_grad_()  # 72 weights, 18 positions
+    large = channels_last(2, 16, 6, 5).double().requires_grad_()  # 72 weights, 60 positions
+    assert conv.computes_nchw(small) and not conv.computes_nchw(large)
+    weight.requires_grad_(False)  # frozen: no weight gradient, nothing to gain
+    assert not conv.computes_nchw(small)
+    weight.requires_grad_(True)
+    with torch.no_grad():
+        assert not conv.computes_nchw(small)
+    assert not conv.computes_nchw(small.contiguous())  # an NCHW map is the plain conv's
+    for x, fmt in [(small, torch.contiguous_format), (large, torch.channels_last),
+                   (small, torch.contiguous_format)]:
+        out = conv(x)
+        assert conv.weight is weight and weight.is_contiguous(memory_format=fmt)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, weight), grad)
+        x_ref = x.detach().contiguous().requires_grad_()
+        w_ref = weight.detach().contiguous().requires_grad_()
+        ref = F.conv2d(x_ref, w_ref, conv.bias, padding=1, groups=2)
+        want = torch.autograd.grad(ref, (x_ref, w_ref), grad)
+        torch.testing.assert_close(out, ref)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+        assert got[1].stride() == weight.stride()  # no copy into the weight's layout
+    with torch.no_grad():  # inference computes channels-last again
+        conv(small)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = torch.randn(2, 16, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(conv(nchw), F.conv2d(nchw, weight, conv.bias, padding=1, groups=2))
+    traced = torch.jit.trace(conv, small)
+    torch.testing.assert_close(traced(small), conv(small))
+
+
+def test_spatial_conv_builder_keeps_other_conv_types():
+    assert type(build_spatial_conv(None, 4, 8, 3, padding=1)) is SpatialConv2d
+    ws = build_spatial_conv(dict(type='ConvWS'), 4, 8, 3, padding=1)
+    assert isinstance(ws, ConvWS2d) and not isinstance(ws, SpatialConv2d)
+    plain = nn.Conv2d(4, 8, 3, stride=2, padding=1, dilation=1, groups=2, bias=False)
+    ours = build_spatial_conv(None, 4, 8, 3, stride=2, padding=1, groups=2, bias=False)
+    assert ours.state_dict().keys() == plain.state_dict().keys()
+    assert repr(ours).replace('SpatialConv2d', 'Conv2d') == repr(plain)
+
+
 def test_shortcut_add_is_out_of_place_after_a_conv3_plugin():
     plugins = [dict(cfg=dict(type='ContextBlock', ratio=1. / 4),
                     stages=(True, False, False, False), position='after_conv3')]
@@ -220,22 +274,37 @@ def test_shape_only_pool_matches_avg_pool_and_keeps_no_input(kwargs, layout):
     assert 'aten::avg_pool2d' in {n.kind() for n in traced.inlined_graph.nodes()}
 
 
-def test_save_as_nchw_keeps_only_the_nchw_tensor():
-    nchw = torch.randn(2, 4, 6, 5, requires_grad=True)
-    conv = PointwiseConv2d(4, 3)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_save_as_nchw_keeps_only_the_nchw_tensor(stride):
+    torch.manual_seed(0)
+    nchw = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    conv = PointwiseConv2d(4, 3, stride=stride).double()
     x_cl = nchw.contiguous(memory_format=torch.channels_last)
-    assert conv.uses_gemm(x_cl)  # the matrix product saves a view of x_cl
+    assert conv.uses_gemm(x_cl)  # the matrix product saves x_cl or a view of it
     with save_as_nchw(x_cl, nchw):
         out = conv(x_cl) * 2
     copy_alive = weakref.ref(x_cl)
     del x_cl
     assert copy_alive() is None  # autograd did not keep the channels-last copy
     grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (nchw, conv.weight), grad)
+    full_size_copies = []
+
+    class Log(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ('clone', 'copy_', '_to_copy') and \
+                    args[0].shape == nchw.shape:
+                full_size_copies.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        got = torch.autograd.grad(out, (nchw, conv.weight), grad)
+    # The strided product reads the NCHW map as it is; the plain one gets a channels-last copy.
+    assert len(full_size_copies) == (stride == 1)
     x_ref = nchw.detach().requires_grad_()
-    want = torch.autograd.grad(F.conv2d(x_ref, conv.weight) * 2, (x_ref, conv.weight), grad)
+    ref = F.conv2d(x_ref, conv.weight, stride=stride) * 2
+    want = torch.autograd.grad(ref, (x_ref, conv.weight), grad)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g, w)
 
 
 def test_to_nchw_returns_nchw_and_sends_gradients_back_channels_last():

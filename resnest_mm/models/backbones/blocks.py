@@ -10,13 +10,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_conv_layer, build_norm_layer, build_plugin_layer
+from mmcv.cnn import build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..layers.dcn import conv_or_dcn_cfg
 from ..layers.layout import to_nchw
 from ..layers.pointwise import build_pointwise_conv
+from ..layers.spatial import build_spatial_conv
 
 
 def mid_channels(planes: int, base_width: int, base_channels: int, groups: int) -> int:
@@ -134,12 +135,12 @@ class BasicBlock(ResidualBlock):
         if self.dcn is not None or self.plugins:
             raise ValueError('dcn and plugins are not supported by BasicBlock (ResNet-18/34); '
                              'use depth >= 50')
-        self.conv1 = build_conv_layer(self.conv_cfg, self.in_channels, self.planes, 3,
-                                      stride=self.stride, padding=self.dilation,
-                                      dilation=self.dilation, bias=False)
+        self.conv1 = build_spatial_conv(self.conv_cfg, self.in_channels, self.planes, 3,
+                                        stride=self.stride, padding=self.dilation,
+                                        dilation=self.dilation, bias=False)
         self.norm1_name = self._add_norm(self.planes, 1)
-        self.conv2 = build_conv_layer(self.conv_cfg, self.planes, self.planes, 3, padding=1,
-                                      bias=False)
+        self.conv2 = build_spatial_conv(self.conv_cfg, self.planes, self.planes, 3, padding=1,
+                                        bias=False)
         self.norm2_name = self._add_norm(self.planes, 2)
 
     @property
@@ -241,7 +242,7 @@ class ConvBottleneck(Bottleneck):
                              groups)
         super().__init__(width=width, **kwargs)
         self.groups = groups
-        self.conv2 = build_conv_layer(
+        self.conv2 = build_spatial_conv(
             conv_or_dcn_cfg(self.conv_cfg, self.dcn, self.conv2_stride), width, width, 3,
             stride=self.conv2_stride, padding=self.dilation, dilation=self.dilation,
             groups=groups, bias=False)

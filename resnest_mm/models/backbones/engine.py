@@ -11,14 +11,15 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
-from ..layers.layout import graph_capture, save_as_nchw
+from ..layers.layout import arrange_parameter, graph_capture, save_as_nchw
 from ..layers.pointwise import build_pointwise_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
+from ..layers.spatial import SpatialConv2d, build_spatial_conv
 from .blocks import ResidualBlock
 
 ArchTable = dict[int, tuple[type[ResidualBlock], tuple[int, ...]]]
@@ -215,8 +216,8 @@ class ResNetEngine(BaseModule):
         return build_norm_layer(self.norm_cfg, channels, postfix=postfix)
 
     def _conv(self, cin: int, cout: int, k: int, stride: int = 1) -> nn.Module:
-        return build_conv_layer(self.conv_cfg, cin, cout, k, stride=stride, padding=k // 2,
-                                bias=False)
+        return build_spatial_conv(self.conv_cfg, cin, cout, k, stride=stride, padding=k // 2,
+                                  bias=False)
 
     def _make_stem(self) -> None:
         c = self.stem_channels
@@ -379,13 +380,12 @@ class ResNetEngine(BaseModule):
         # Parameters keep their identity (optimisers, hooks); only their storage changes.
         if graph_capture():
             return
-        with torch.inference_mode(False), torch.no_grad():
-            for param in self.parameters():
-                if (param.dim() == 4
-                        and not param.is_contiguous(memory_format=torch.channels_last)):
-                    param.data = param.data.contiguous(memory_format=torch.channels_last)
-                    if param.grad is not None:
-                        param.grad = param.grad.contiguous(memory_format=torch.channels_last)
+        for module in self.modules():
+            if isinstance(module, SpatialConv2d):
+                continue  # arranges its own weight, per call (see layers/spatial.py)
+            for param in module.parameters(recurse=False):
+                if param.dim() == 4:
+                    arrange_parameter(param, torch.channels_last)
 
     @staticmethod
     def _forward_stage_one_copy(stage: nn.Sequential, x: torch.Tensor, *,

@@ -3,11 +3,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 
 from ...registry import MODELS
 from ..checks import check_int
 from ..layers.dcn import conv_or_dcn_cfg
+from ..layers.spatial import build_spatial_conv
 from .blocks import Bottleneck, mid_channels
 from .engine import ResNetEngine
 
@@ -40,7 +41,7 @@ class Res2NetBottleneck(Bottleneck):
             self.pool = nn.AvgPool2d(3, self.conv2_stride, padding=1)
         conv_cfg = conv_or_dcn_cfg(self.conv_cfg, self.dcn, self.conv2_stride)
         self.convs = nn.ModuleList(
-            build_conv_layer(conv_cfg, width, width, 3, stride=self.conv2_stride,
+            build_spatial_conv(conv_cfg, width, width, 3, stride=self.conv2_stride,
                              padding=self.dilation, dilation=self.dilation, bias=False)
             for _ in range(scales - 1))
         self.bns = nn.ModuleList(build_norm_layer(self.norm_cfg, width)[1]

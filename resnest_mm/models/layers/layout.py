@@ -5,6 +5,7 @@ A stage output that is both returned (NCHW, for necks and mmcv ops) and read by 
 caller and once saved by autograd. These helpers keep only the NCHW tensor and rebuild the
 channels-last one when the backward pass needs it.
 """
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -16,6 +17,18 @@ def graph_capture() -> bool:
     ops (no custom autograd functions or saved-tensor hooks)."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting()
             or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -> None:
+    """Store ``param`` (and its gradient) in ``memory_format``. It stays the same Parameter object
+    (optimisers, hooks); only its storage changes. Done outside inference mode, so a first call
+    under it leaves no inference tensor behind."""
+    if param.is_contiguous(memory_format=memory_format):
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        param.data = param.data.contiguous(memory_format=memory_format)
+        if param.grad is not None:
+            param.grad = param.grad.contiguous(memory_format=memory_format)
 
 
 class _ToNCHW(torch.autograd.Function):
@@ -40,20 +53,42 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+_any_layout_saves = threading.local()
+
+
+@contextmanager
+def saves_take_any_layout() -> Iterator[None]:
+    """Marks the tensors autograd saves inside this block (for a backward pass that works with
+    any memory layout) so that :func:`save_as_nchw` hands them back without a copy."""
+    before = getattr(_any_layout_saves, 'on', False)
+    _any_layout_saves.on = True
+    try:
+        yield
+    finally:
+        _any_layout_saves.on = before
+
+
 @contextmanager
 def save_as_nchw(channels_last: torch.Tensor, nchw: torch.Tensor) -> Iterator[None]:
     """Inside this block, autograd saves ``nchw`` wherever it would save ``channels_last`` (the
     same values in the other layout) or a view of it, and converts it back in the backward pass:
-    one copy per use there instead of a second feature map kept alive until then."""
+    one copy per use there instead of a second feature map kept alive until then. Whole-tensor
+    saves marked by :func:`saves_take_any_layout` get ``nchw`` itself back."""
     storage = channels_last.untyped_storage().data_ptr()
+    whole = (channels_last.size(), channels_last.stride(), channels_last.storage_offset())
 
     def pack(t: torch.Tensor):
         if t.device == nchw.device and t.untyped_storage().data_ptr() == storage:
-            return nchw, t.size(), t.stride(), t.storage_offset()
+            geometry = (t.size(), t.stride(), t.storage_offset())
+            if geometry == whole and getattr(_any_layout_saves, 'on', False):
+                return (nchw,)
+            return (nchw, *geometry)
         return t
 
     def unpack(packed):
         if isinstance(packed, tuple):
+            if len(packed) == 1:
+                return packed[0]
             source, size, stride, offset = packed
             # Same shape, so the new channels-last copy has the original's strides.
             return source.contiguous(memory_format=torch.channels_last).as_strided(

@@ -14,9 +14,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from mmcv.cnn import build_conv_layer
 
-from .layout import graph_capture
+from .layout import graph_capture, saves_take_any_layout
 
 #: The matrix product is used up to this many output positions (batch x height x width) per call.
 GEMM_MAX_POSITIONS = 8192
@@ -25,8 +26,10 @@ GEMM_MAX_POSITIONS = 8192
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1, ungrouped ``nn.Conv2d`` that computes channels-last CPU inputs of at most
     :data:`GEMM_MAX_POSITIONS` output positions as a matrix product, and everything else as the
-    conv. A stride subsamples the input first (what a strided 1x1 conv computes), which also
-    spares oneDNN's copy of the weight gradient that a strided conv makes.
+    conv. A strided one multiplies only the positions it reads (what a strided 1x1 conv
+    computes), which also spares oneDNN's copy of the weight gradient that a strided conv makes,
+    and keeps its input for backward rather than that subsampled copy (see
+    :class:`_SubsampledProduct`). Not twice differentiable when strided.
 
     Parameters, state-dict keys and initialisation are the ``nn.Conv2d``'s.
 
@@ -52,7 +55,7 @@ class PointwiseConv2d(nn.Conv2d):
         """Whether ``forward(x)`` takes the matrix-product path."""
         # Graphs (tracing, export) keep the conv op, which deployment runtimes fuse with the
         # following norm.
-        if graph_capture() or x.dim() != 4 or x.device.type != 'cpu':
+        if graph_capture() or x.dim() != 4 or x.device.type != 'cpu' or not x.numel():
             return False
         sh, sw = self.stride
         positions = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
@@ -60,21 +63,73 @@ class PointwiseConv2d(nn.Conv2d):
                 and x.is_contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_gemm(x):
-            if self.stride != (1, 1):
-                x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(
-                    memory_format=torch.channels_last)
-            # (N, H, W, C) is a contiguous view of a channels-last x; so is the result's permute.
-            out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-            return out.permute(0, 3, 1, 2)
-        return super().forward(x)
+        if not self.uses_gemm(x):
+            return super().forward(x)
+        weight = self.weight.flatten(1)
+        if self.stride != (1, 1):
+            # Autograd packs the saved tensors as apply returns, so the mark spans the call.
+            with saves_take_any_layout():
+                return _SubsampledProduct.apply(x, weight, self.bias, self.stride)
+        # (N, H, W, C) is a contiguous view of a channels-last x; so is the result's permute.
+        return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+
+
+def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """The positions a strided 1x1 conv reads, as a channels-last copy (of ``x`` in any layout)."""
+    return x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=torch.channels_last)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """The ``(N*H*W, C)`` matrix that a channels-last ``x`` is in memory (a view)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+class _SubsampledProduct(torch.autograd.Function):
+    """A strided 1x1 conv as one matrix product over the positions it reads, and the two
+    products of its backward pass.
+
+    It keeps ``x`` itself for backward (alive anyway: the block's input), not the subsampled
+    copy, which it rebuilds there from ``x`` in whatever layout it gets back (see
+    layout.save_as_nchw). The input's gradient is one channels-last tensor. Not twice
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                stride: tuple[int, int]) -> torch.Tensor:
+        ctx.stride = stride
+        ctx.save_for_backward(x, weight)
+        out = F.linear(_subsample(x, stride).permute(0, 2, 3, 1), weight, bias)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        (sh, sw), (n, c, _, _) = ctx.stride, x.shape
+        ho, wo = grad.shape[2:]
+        rows = _rows(grad.contiguous(memory_format=torch.channels_last))
+        grad_x = grad_w = grad_b = None
+        # The weight's gradient first: its subsampled copy is gone before grad_x exists.
+        if ctx.needs_input_grad[1]:
+            grad_w = rows.t() @ _rows(_subsample(x, ctx.stride))
+        if ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x, memory_format=torch.channels_last)
+            grad_x[:, :, ::sh, ::sw] = (rows @ weight).view(n, ho, wo, c).permute(0, 3, 1, 2)
+        return grad_x, grad_w, grad_b, None
+
+
+def is_plain_conv(conv_cfg: Optional[dict]) -> bool:
+    """Whether ``conv_cfg`` builds a plain ``nn.Conv2d``."""
+    return conv_cfg is None or dict(conv_cfg) in ({'type': 'Conv2d'}, {'type': 'Conv'})
 
 
 def build_pointwise_conv(conv_cfg: Optional[dict], in_channels: int, out_channels: int, *,
                          stride: int = 1, bias: bool = False) -> nn.Module:
     """A 1x1 conv: :class:`PointwiseConv2d` for a plain conv, otherwise whatever ``conv_cfg``
     builds (mmcv's ``build_conv_layer``), e.g. weight-standardised convs."""
-    plain = conv_cfg is None or dict(conv_cfg) in ({'type': 'Conv2d'}, {'type': 'Conv'})
-    if plain:
+    if is_plain_conv(conv_cfg):
         return PointwiseConv2d(in_channels, out_channels, stride=stride, bias=bias)
     return build_conv_layer(conv_cfg, in_channels, out_channels, 1, stride=stride, bias=bias)

@@ -16,13 +16,14 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
 from ..checks import check_int
 from .dcn import conv_or_dcn_cfg
 from .layout import graph_capture
 from .pointwise import PointwiseConv2d
+from .spatial import build_spatial_conv
 
 
 def _split_views(x: torch.Tensor, g: torch.Tensor, radix: int
@@ -126,7 +127,7 @@ class SplitAttentionConv2d(BaseModule):
         self.groups = groups
         self.channels = channels
         inter_channels = max(in_channels * radix // reduction_factor, 32)
-        self.conv = build_conv_layer(
+        self.conv = build_spatial_conv(
             conv_or_dcn_cfg(conv_cfg, dcn, stride), in_channels, channels * radix, kernel_size,
             stride=stride, padding=padding, dilation=dilation, groups=groups * radix, bias=False)
         self.with_dcn = dcn is not None
