@@ -138,6 +138,37 @@ def test_backbone_training_step_is_the_plain_nchw_network(name, monkeypatch):
         torch.testing.assert_close(g, ref_grads[n], msg=n)
 
 
+@pytest.mark.parametrize('name', sorted(NETS))
+def test_backbone_training_step_under_bfloat16_autocast(name):
+    """The custom backward passes run under the forward's autocast state, so a bfloat16 autocast
+    training step works and leaves float32 gradients."""
+    model = NETS[name](norm_eval=False).train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.rand(2, 3, 64, 48))
+    assert all(o.dtype == torch.bfloat16 for o in outs)
+    sum(o.float().mean() for o in outs).backward()
+    for n, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
+
+
+def test_strided_product_under_bfloat16_autocast_is_the_convs():
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(16, 8, stride=2)
+    x = channels_last(2, 16, 7, 6).requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert conv.uses_gemm(x)
+        out = conv(x)
+        ref = F.conv2d(x, conv.weight, stride=2)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, conv.weight), grad)
+    want = torch.autograd.grad(ref, (x, conv.weight), grad)
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g, w, atol=5e-2, rtol=2e-2)
+
+
 @pytest.mark.parametrize('radix', [1, 2, 4])
 @pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
 def test_weighted_split_sum_backward_is_autograds(radix, layout):

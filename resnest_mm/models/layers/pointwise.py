@@ -95,6 +95,7 @@ class _SubsampledProduct(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 stride: tuple[int, int]) -> torch.Tensor:
         ctx.stride = stride
@@ -103,6 +104,7 @@ class _SubsampledProduct(torch.autograd.Function):
         return out.permute(0, 3, 1, 2)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type='cpu')  # under the forward's autocast state
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
