@@ -169,17 +169,17 @@ def test_strided_product_under_bfloat16_autocast_is_the_convs():
         torch.testing.assert_close(g, w, atol=5e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize('radix', [1, 2, 4])
+@pytest.mark.parametrize('radix,channels', [(1, 6), (2, 6), (4, 6), (2, 2)])
 @pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
-def test_weighted_split_sum_backward_is_autograds(radix, layout):
+def test_weighted_split_sum_backward_is_autograds(radix, channels, layout):
     """The split-attention weighted sum's own backward against autograd through the plain ops:
     same gradients, and the input's gradient is one tensor in the input's layout."""
     torch.manual_seed(0)
-    x = torch.randn(2, radix * 6, 5, 7, dtype=torch.float64)
+    x = torch.randn(2, radix * channels, 5, 7, dtype=torch.float64)
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    weights = torch.rand(2, radix, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, radix, channels, dtype=torch.float64, requires_grad=True)
     out = split_attention._WeightedSplitSum.apply(x, weights)
     ref = split_attention._weighted_split_sum(x, weights)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)

@@ -26,21 +26,23 @@ from .pointwise import PointwiseConv2d
 from .spatial import build_spatial_conv
 
 
-def _split_views(x: torch.Tensor, g: torch.Tensor, radix: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Views of ``x (N, R*C, H, W)`` as ``(N, P, R, C)`` and of ``g (N, C, H, W)`` as
-    ``(N, P, 1, C)`` (channels-last) or ``(N, R, C, P)`` and ``(N, 1, C, P)`` (NCHW), P = H*W,
+def _split_views(x: torch.Tensor, g: torch.Tensor, weights: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int,
+                            Callable[[torch.Tensor], torch.Tensor]]:
+    """Broadcastable views of ``x (N, R*C, H, W)``, ``g (N, C, H, W)`` and ``weights (N, R, C)``
+    in ``x``'s layout: ``(N, P, R, C)``, ``(N, P, 1, C)``, ``(N, 1, R, C)`` for channels-last or
+    ``(N, R, C, P)``, ``(N, 1, C, P)``, ``(N, R, C, 1)`` for NCHW (P = H*W); the dimension of P;
     and the function that turns a tensor shaped like the first back into ``x``'s shape and
     layout. ``g`` is brought to ``x``'s layout (a no-op when it already has it)."""
     n, rc, h, w = x.shape
-    c = rc // radix
+    r, c = weights.shape[1:]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         g = g.contiguous(memory_format=torch.channels_last)
-        return (x.permute(0, 2, 3, 1).reshape(n, h * w, radix, c),
-                g.permute(0, 2, 3, 1).reshape(n, h * w, 1, c),
+        return (x.permute(0, 2, 3, 1).reshape(n, h * w, r, c),
+                g.permute(0, 2, 3, 1).reshape(n, h * w, 1, c), weights.view(n, 1, r, c), 1,
                 lambda t: t.view(n, h, w, rc).permute(0, 3, 1, 2))
     x, g = x.contiguous(), g.contiguous()
-    return (x.view(n, radix, c, h * w), g.view(n, 1, c, h * w),
+    return (x.view(n, r, c, h * w), g.view(n, 1, c, h * w), weights.view(n, r, c, 1), 3,
             lambda t: t.view(n, rc, h, w))
 
 
@@ -55,15 +57,12 @@ class _WeightedSplitSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weights = ctx.saved_tensors
-        n, r, c = weights.shape
-        xv, gv, as_x = _split_views(x, grad, r)
-        channels_last = xv.shape[2] == r
+        xv, gv, wv, positions, as_x = _split_views(x, grad, weights)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            w = weights.view(n, 1, r, c) if channels_last else weights.view(n, r, c, 1)
-            grad_x = as_x(gv * w)
+            grad_x = as_x(gv * wv)
         if ctx.needs_input_grad[1]:
-            grad_w = (xv * gv).sum(1 if channels_last else 3)
+            grad_w = (xv * gv).sum(positions)
         return grad_x, grad_w
 
 
