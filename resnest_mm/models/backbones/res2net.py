@@ -42,7 +42,7 @@ class Res2NetBottleneck(Bottleneck):
         conv_cfg = conv_or_dcn_cfg(self.conv_cfg, self.dcn, self.conv2_stride)
         self.convs = nn.ModuleList(
             build_spatial_conv(conv_cfg, width, width, 3, stride=self.conv2_stride,
-                             padding=self.dilation, dilation=self.dilation, bias=False)
+                               padding=self.dilation, dilation=self.dilation, bias=False)
             for _ in range(scales - 1))
         self.bns = nn.ModuleList(build_norm_layer(self.norm_cfg, width)[1]
                                  for _ in range(scales - 1))

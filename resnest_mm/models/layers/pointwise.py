@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from mmcv.cnn import build_conv_layer
+from torch.autograd.function import once_differentiable
 
 from .layout import graph_capture, saves_take_any_layout
 

@@ -53,19 +53,23 @@ class SpatialConv2d(nn.Conv2d):
         return (not graph_capture() and x.dim() == 4 and x.device.type == 'cpu'
                 and x.stride(1) == 1 and not x.is_contiguous())
 
-    def computes_nchw(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x)`` computes in NCHW."""
-        if (not self._channels_last_map(x) or isinstance(self.padding, str)
-                or not (torch.is_grad_enabled() and self.weight.requires_grad)):
+    def _weight_heavy(self, x: torch.Tensor) -> bool:
+        # For a channels-last map; the weight gradient is what NCHW saves on.
+        if isinstance(self.padding, str) or not (torch.is_grad_enabled()
+                                                 and self.weight.requires_grad):
             return False
         h, w = (_out_size(x.shape[i + 2], self.kernel_size[i], self.stride[i],
                           self.padding[i], self.dilation[i]) for i in range(2))
         return self.weight[0].numel() >= WEIGHT_HEAVY_RATIO * x.shape[0] * h * w
 
+    def computes_nchw(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` computes in NCHW."""
+        return self._channels_last_map(x) and self._weight_heavy(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._channels_last_map(x):
             return super().forward(x)
-        if self.computes_nchw(x):
+        if self._weight_heavy(x):
             arrange_parameter(self.weight, torch.contiguous_format)
             return super().forward(to_nchw(x)).contiguous(memory_format=torch.channels_last)
         arrange_parameter(self.weight, torch.channels_last)
