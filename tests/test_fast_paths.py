@@ -10,7 +10,7 @@ from mmcv.cnn.bricks import ConvWS2d
 
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
 from resnest_mm.models.layers import pointwise
-from resnest_mm.models.layers.layout import save_as_nchw, to_nchw
+from resnest_mm.models.layers.layout import SavedAsNCHW, save_as_nchw, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
 from resnest_mm.models.layers import split_attention
 from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
@@ -346,3 +346,64 @@ def test_to_nchw_returns_nchw_and_sends_gradients_back_channels_last():
     assert grad.is_contiguous(memory_format=torch.channels_last)
     nchw = torch.randn(2, 3, 4, 5)
     assert to_nchw(nchw) is nchw
+
+
+@pytest.mark.parametrize('name', sorted(NETS))
+def test_training_forward_without_backward_frees_everything(name):
+    """A training-mode forward whose graph is dropped unused (a skipped batch, an evaluation in
+    train mode) frees its outputs and everything autograd saved: the saved-tensor hooks must not
+    close a reference cycle through the graph (it leaked a whole step's activations per call)."""
+    model = NETS[name](norm_eval=False).train()
+    alive = []
+
+    def keep_weakref(module, args, out):
+        if isinstance(out, torch.Tensor):
+            alive.append((type(module).__name__, weakref.ref(out)))
+
+    for m in model.modules():
+        m.register_forward_hook(keep_weakref)
+    x = torch.rand(2, 3, 64, 48)  # NCHW input: the outputs are converted back, saves redirected
+    outs = model(x)
+    assert all(o.requires_grad for o in outs) and len(alive) > 50
+    del outs
+    # No gc.collect(): reference counting alone must free the graph, as it does for plain ops.
+    leaked = [name for name, r in alive if r() is not None]
+    assert not leaked
+
+
+def test_saved_as_nchw_takes_the_copy_later_and_rebuilds_each_use():
+    """The NCHW copy may be given after the saves; each backward use gets the channels-last map
+    back (twice with retain_graph), and the channels-last map itself is not kept."""
+    torch.manual_seed(0)
+    base = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    x_cl = base.contiguous(memory_format=torch.channels_last) * 1  # a whole channels-last map
+    conv = PointwiseConv2d(4, 3).double()
+    carry = SavedAsNCHW(x_cl)
+    with carry.saving():
+        out = conv(x_cl).sigmoid()
+    carry.set_nchw(to_nchw(x_cl))
+    copy_alive = weakref.ref(x_cl)
+    del x_cl
+    assert copy_alive() is None
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, (base, conv.weight), grad, retain_graph=True)
+    second = torch.autograd.grad(out, (base, conv.weight), grad)
+    x_ref = base.detach().requires_grad_()
+    ref = F.conv2d(x_ref, conv.weight).sigmoid()
+    want = torch.autograd.grad(ref, (x_ref, conv.weight), grad)
+    for got in (first, second):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: torch.randn(2, 3, 4, 5),  # NCHW
+    lambda: torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)[:1],  # part
+    lambda: torch.randn(3, 4, 5),  # not 4-D
+])
+def test_saved_as_nchw_rejects_what_it_cannot_rebuild(make):
+    t = make()
+    assert not SavedAsNCHW.accepts(t)
+    with pytest.raises(ValueError, match=r'channels_last must be .* got size \(' +
+                       ', '.join(map(str, t.shape))):
+        SavedAsNCHW(t)

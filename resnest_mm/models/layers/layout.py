@@ -7,7 +7,7 @@ channels-last one when the backward pass needs it.
 """
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -68,32 +68,77 @@ def saves_take_any_layout() -> Iterator[None]:
         _any_layout_saves.on = before
 
 
+class SavedAsNCHW:
+    """Autograd saves of one channels-last map, or of views of it, are kept as its NCHW copy.
+
+    The copy may be made after the saves (``set_nchw``): a block's activation saves its output
+    before that output is converted for the caller. In the backward pass each save that needs the
+    channels-last map gets it rebuilt from the copy; whole-tensor saves marked by
+    :func:`saves_take_any_layout` get the NCHW copy itself.
+
+    Args:
+        channels_last: The map whose saves are redirected: a channels-last tensor that is the
+            whole of its storage (its views are recognised by that storage).
+        nchw: Its NCHW copy, if it already exists.
+    """
+
+    def __init__(self, channels_last: torch.Tensor, nchw: Optional[torch.Tensor] = None) -> None:
+        if not self.accepts(channels_last):
+            raise ValueError('SavedAsNCHW: channels_last must be a channels-last tensor that is '
+                             f'the whole of its storage; got size {tuple(channels_last.shape)}, '
+                             f'stride {channels_last.stride()}, offset '
+                             f'{channels_last.storage_offset()}')
+        self._storage = channels_last.untyped_storage().data_ptr()
+        self._device = channels_last.device
+        self._whole = (channels_last.size(), channels_last.stride(), 0)
+        self._nchw = None if nchw is None else nchw.detach()
+
+    @staticmethod
+    def accepts(t: torch.Tensor) -> bool:
+        """Whether ``t`` is a channels-last map that is the whole of its storage."""
+        return (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+                and t.storage_offset() == 0
+                and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+
+    def set_nchw(self, nchw: torch.Tensor) -> None:
+        """Give the NCHW copy (same values); needed before the backward pass."""
+        # Detached: the graph holds this object, and the copy's own graph may hold the saves
+        # (an activation's); a tensor with its grad_fn would close a cycle that never frees.
+        self._nchw = nchw.detach()
+
+    @contextmanager
+    def saving(self) -> Iterator[None]:
+        """Redirect the saves made inside this block."""
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            yield
+
+    def _pack(self, t: torch.Tensor):
+        if t.device != self._device or t.untyped_storage().data_ptr() != self._storage:
+            # Detached: an op saving its own output would otherwise hold that output's grad_fn,
+            # itself, and never be freed without a backward pass. Autograd rebuilds the
+            # unpacked tensor's history from what it recorded at the save.
+            return t.detach()
+        geometry = (t.size(), t.stride(), t.storage_offset())
+        if geometry == self._whole and getattr(_any_layout_saves, 'on', False):
+            return (self, None)
+        return (self, geometry)
+
+    def _unpack(self, packed):
+        if not (isinstance(packed, tuple) and len(packed) == 2 and packed[0] is self):
+            return packed
+        geometry = packed[1]
+        if geometry is None:
+            return self._nchw
+        # Same shape, so the channels-last copy has the original's strides. Rebuilt per use:
+        # keeping one copy for all the uses lengthens its life and raised the peak.
+        rebuilt = self._nchw.contiguous(memory_format=torch.channels_last)
+        return rebuilt.as_strided(*geometry)
+
+
 @contextmanager
 def save_as_nchw(channels_last: torch.Tensor, nchw: torch.Tensor) -> Iterator[None]:
     """Inside this block, autograd saves ``nchw`` wherever it would save ``channels_last`` (the
-    same values in the other layout) or a view of it, and converts it back in the backward pass:
-    one copy per use there instead of a second feature map kept alive until then. Whole-tensor
-    saves marked by :func:`saves_take_any_layout` get ``nchw`` itself back."""
-    storage = channels_last.untyped_storage().data_ptr()
-    whole = (channels_last.size(), channels_last.stride(), channels_last.storage_offset())
-
-    def pack(t: torch.Tensor):
-        if t.device == nchw.device and t.untyped_storage().data_ptr() == storage:
-            geometry = (t.size(), t.stride(), t.storage_offset())
-            if geometry == whole and getattr(_any_layout_saves, 'on', False):
-                return (nchw,)
-            return (nchw, *geometry)
-        return t
-
-    def unpack(packed):
-        if isinstance(packed, tuple):
-            if len(packed) == 1:
-                return packed[0]
-            source, size, stride, offset = packed
-            # Same shape, so the new channels-last copy has the original's strides.
-            return source.contiguous(memory_format=torch.channels_last).as_strided(
-                size, stride, offset)
-        return packed
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    same values in the other layout) or a view of it, and converts it back in the backward pass
+    (see :class:`SavedAsNCHW`): no second feature map kept alive until then."""
+    with SavedAsNCHW(channels_last, nchw).saving():
         yield
