@@ -407,3 +407,50 @@ def test_saved_as_nchw_rejects_what_it_cannot_rebuild(make):
     with pytest.raises(ValueError, match=r'channels_last must be .* got size \(' +
                        ', '.join(map(str, t.shape))):
         SavedAsNCHW(t)
+
+
+@pytest.mark.parametrize('name', ['resnest', 'res2net'])
+def test_stage_outputs_live_once_through_the_backward_pass(name):
+    """What a stage ends with lives once until the backward pass: the returned NCHW output. The
+    channels-last map the next stage reads is freed after the forward pass; autograd keeps the
+    NCHW output in its place."""
+    model = NETS[name](norm_eval=False).train()
+    ends = {}
+    for i, stage in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
+        # The block's activation module runs inside the branch too; its last call ends it.
+        stage[-1].relu.register_forward_hook(
+            lambda m, a, out, i=i: ends.__setitem__(i, out.untyped_storage()))
+    outs = model(torch.rand(2, 3, 64, 48))
+    assert len(ends) == 4
+    out_storages = {o.untyped_storage().data_ptr() for o in outs}
+    for i, storage in ends.items():
+        if storage.data_ptr() not in out_storages:
+            # Our reference is the only one left: neither the graph nor the model holds it.
+            assert torch._C._storage_Use_Count(storage._cdata) == 1, f'stage {i}'
+    assert len(out_storages) == 4
+    sum(o.sum() for o in outs).backward()  # the redirected saves serve the backward pass
+
+
+@pytest.mark.parametrize('name', ['resnest', 'res2net'])
+def test_stage_outputs_that_are_not_whole_channels_last_maps_take_the_plain_path(name,
+                                                                                   monkeypatch):
+    """A stage ending in a map that SavedAsNCHW cannot rebuild (a plugin's layout) converts it
+    before the activation and computes the same step."""
+    torch.manual_seed(0)
+    model = NETS[name](norm_eval=False).train().double()
+    x = torch.rand(2, 3, 64, 48, dtype=torch.float64)
+
+    def step():
+        model.zero_grad()
+        outs = model(x)
+        sum((o * o).mean() for o in outs).backward()
+        return outs, [p.grad.clone() for p in model.parameters()]
+
+    want_outs, want_grads = step()
+    monkeypatch.setattr(SavedAsNCHW, 'accepts', staticmethod(lambda t: False))
+    outs, grads = step()
+    for a, b in zip(outs, want_outs):
+        torch.testing.assert_close(a, b)
+        assert a.is_contiguous()
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b)

@@ -109,17 +109,21 @@ class ResidualBlock(BaseModule):
             return out.add_(identity)  # one feature map less to allocate per block
         return out + identity
 
+    def forward_preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch plus the shortcut, before the closing activation (recomputed in
+        the backward pass when ``with_cp``)."""
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
     def forward(self, x: torch.Tensor, *, contiguous_output: bool = False) -> torch.Tensor:
         """Args:
             x: The block's input.
             contiguous_output: Return the output in the default (NCHW) layout. Converting
                 before the activation makes that one tensor both the returned stage output and
-                the activation's (and next stage's) saved input, so it is stored only once.
+                the activation's saved input, so it is stored only once.
         """
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._forward, x, use_reentrant=False)
-        else:
-            out = self._forward(x)
+        out = self.forward_preactivation(x)
         if contiguous_output:
             out = to_nchw(out)
         return self.relu(out)

@@ -16,7 +16,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
-from ..layers.layout import arrange_parameter, graph_capture, save_as_nchw
+from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, to_nchw
 from ..layers.pointwise import build_pointwise_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
@@ -387,18 +387,47 @@ class ResNetEngine(BaseModule):
                 if param.dim() == 4:
                     arrange_parameter(param, torch.channels_last)
 
-    @staticmethod
-    def _forward_stage_one_copy(stage: nn.Sequential, x: torch.Tensor, *,
-                                nchw_output: bool) -> torch.Tensor:
-        last = len(stage) - 1
-        for j, block in enumerate(stage):
-            x_cl = x.contiguous(memory_format=torch.channels_last)
-            # Nothing to redirect when x already is channels-last; checkpointing keeps its input
-            # itself, so its blocks get the copy plainly.
-            plain = x_cl is x or block.with_cp
-            with nullcontext() if plain else save_as_nchw(x_cl, x):
-                x = block(x_cl, contiguous_output=nchw_output and j == last)
-        return x
+    def _forward_stages_nchw_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stages in channels-last, each returned output converted to NCHW once.
+
+        The next stage reads the channels-last map itself. Autograd saves of that map (the
+        closing activation's, the next block's) are kept as the NCHW output instead, which the
+        caller holds anyway, and rebuilt in the backward pass (``SavedAsNCHW``): one forward copy
+        per output and no map kept twice. The gradient reaching the NCHW output comes back in
+        channels-last (``to_nchw``), so it adds up with the next stage's in one layout.
+        """
+        outs = []
+        carry: Optional[SavedAsNCHW] = None
+        last_stage = len(self.res_layers) - 1
+        for i, name in enumerate(self.res_layers):
+            stage = getattr(self, name)
+            returned = i in self.out_indices
+            saves_in, carry = carry, None
+            for j, block in enumerate(stage):
+                # Checkpointed blocks keep their input themselves.
+                redirect = j == 0 and saves_in is not None and not block.with_cp
+                with saves_in.saving() if redirect else nullcontext():
+                    if j < len(stage) - 1 or not returned:
+                        x = block(x)
+                    elif i == last_stage:
+                        # Nothing reads it after us: the activation runs on the NCHW copy.
+                        x = block(x, contiguous_output=True)
+                    else:
+                        out = block.forward_preactivation(x)
+            if returned and i < last_stage and SavedAsNCHW.accepts(out):
+                carry = SavedAsNCHW(out)
+                with carry.saving():
+                    x = block.relu(out)  # in place: saves its output, i.e. out's storage
+                y = to_nchw(x)
+                carry.set_nchw(y)
+                outs.append(y)
+            elif returned and i < last_stage:
+                # Not a channels-last map (a plugin's layout): the next stage reads the output.
+                x = block.relu(to_nchw(out))
+                outs.append(x)
+            elif returned:
+                outs.append(x)
+        return outs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         to_channels_last = x.dim() == 4 and self._use_channels_last(x)
@@ -408,19 +437,16 @@ class ResNetEngine(BaseModule):
             self._weights_to_channels_last()
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.forward_stem(x)
-        # Necks and mmcv ops expect the layout they were given. When autograd records, a stage
-        # returns that layout itself and the next stage reads a channels-last copy that autograd
-        # does not keep (save_as_nchw), so no map lives twice through the backward pass.
-        one_copy = restore and torch.is_grad_enabled() and not graph_capture()
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            stage = getattr(self, name)
-            if one_copy:
-                x = self._forward_stage_one_copy(stage, x, nchw_output=i in self.out_indices)
-            else:
-                x = stage(x)
-            if i in self.out_indices:
-                outs.append(x.contiguous() if restore else x)
+        # Necks and mmcv ops expect the layout they were given. When autograd records, the
+        # outputs are converted so that no map lives twice through the backward pass.
+        if restore and torch.is_grad_enabled() and not graph_capture():
+            outs = self._forward_stages_nchw_outputs(x)
+        else:
+            outs = []
+            for i, name in enumerate(self.res_layers):
+                x = getattr(self, name)(x)
+                if i in self.out_indices:
+                    outs.append(x.contiguous() if restore else x)
         # Ordered as out_indices asks, which may differ from stage order.
         by_stage = dict(zip(sorted(self.out_indices), outs))
         return tuple(by_stage[i] for i in self.out_indices)
