@@ -624,9 +624,26 @@ def _base_depth_resnet(result: BenchmarkResult, network: str) -> Optional[str]:
     return candidate if candidate in result.networks else None
 
 
+def paired_quartiles(numerator: list[float], denominator: list[float]
+                     ) -> Optional[tuple[float, float]]:
+    """First and third quartiles of the per-round ratios ``numerator[i] / denominator[i]``.
+
+    Rounds are interleaved, so the two calls of one round ran seconds apart: their ratio cancels
+    the machine's slow drifts, and the spread of these ratios says how far one run's ratio of
+    medians can be trusted (on a shared machine it often spans a tenth)."""
+    ratios = [a / b for a, b in zip(numerator, denominator) if b > 0]
+    if not ratios:
+        return None
+    if len(ratios) == 1:
+        return ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4, method='inclusive')
+    return q[0], q[2]
+
+
 def peer_ratios(result: BenchmarkResult) -> list[dict]:
     """Per network and peer: the peer's time over ours (>1: ours is faster) for each mode, and
-    our peak memory over the peer's (<1: ours uses less), all from this run's medians."""
+    our peak memory over the peer's (<1: ours uses less), all from this run's medians; with the
+    quartiles of the per-round time ratios (``{mode}_speedup_quartiles``)."""
     rows = []
     for net in result.networks:
         ours = result.get(net, 'ours')
@@ -637,6 +654,8 @@ def peer_ratios(result: BenchmarkResult) -> list[dict]:
             row: dict[str, Any] = dict(network=net, peer=source, peer_label=peer.label)
             for mode in result.settings.modes:
                 row[f'{mode}_speedup'] = peer.median(mode) / ours.median(mode)
+                row[f'{mode}_speedup_quartiles'] = paired_quartiles(peer.times[mode],
+                                                                    ours.times[mode])
                 po, pp = ours.peak_bytes.get(mode), peer.peak_bytes.get(mode)
                 row[f'{mode}_memory_ratio'] = po / pp if po is not None and pp else None
             rows.append(row)
@@ -645,7 +664,8 @@ def peer_ratios(result: BenchmarkResult) -> list[dict]:
 
 def flop_ratios(result: BenchmarkResult) -> list[dict]:
     """For each non-ResNet network with a ResNet of the same depth in the run: our time ratio
-    against the ResNet's and the FLOP ratio it should stay within."""
+    against the ResNet's (with the quartiles of the per-round ratios) and the FLOP ratio it
+    should stay within."""
     rows = []
     for net in result.networks:
         base = _base_depth_resnet(result, net)
@@ -657,6 +677,8 @@ def flop_ratios(result: BenchmarkResult) -> list[dict]:
         for mode in result.settings.modes:
             ratio = ours.median(mode) / ref.median(mode)
             row[f'{mode}_time_ratio'] = ratio
+            row[f'{mode}_time_ratio_quartiles'] = paired_quartiles(ours.times[mode],
+                                                                   ref.times[mode])
             row[f'{mode}_within_flop_ratio'] = (None if row['flop_ratio'] is None
                                                 else ratio <= row['flop_ratio'])
         rows.append(row)
@@ -669,6 +691,13 @@ def _f(value: Optional[float], digits: int = 2, suffix: str = '') -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return 'n/a'
     return f'{value:.{digits}f}{suffix}'
+
+
+def _with_quartiles(value: Optional[float], quartiles: Optional[tuple[float, float]],
+                    suffix: str = '') -> str:
+    if value is None or quartiles is None:
+        return _f(value, 2, suffix)
+    return f'{value:.2f}{suffix} ({quartiles[0]:.2f}-{quartiles[1]:.2f})'
 
 
 def _mb(value: Optional[int]) -> str:
@@ -704,7 +733,8 @@ def ratio_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in peer_ratios(result):
         rows.append([r['network'], r['peer_label']]
-                    + [_f(r[f'{m}_speedup'], 2, 'x') for m in modes]
+                    + [_with_quartiles(r[f'{m}_speedup'], r[f'{m}_speedup_quartiles'], 'x')
+                       for m in modes]
                     + [_f(r[f'{m}_memory_ratio'], 2) for m in modes])
     return header, rows
 
@@ -716,7 +746,8 @@ def flop_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in flop_ratios(result):
         rows.append([r['network'], r['reference'], _f(r['flop_ratio'], 2)]
-                    + [_f(r[f'{m}_time_ratio'], 2) for m in modes]
+                    + [_with_quartiles(r[f'{m}_time_ratio'], r[f'{m}_time_ratio_quartiles'])
+                       for m in modes]
                     + ['n/a' if r[f'{m}_within_flop_ratio'] is None
                        else ('yes' if r[f'{m}_within_flop_ratio'] else 'no') for m in modes])
     return header, rows
@@ -733,11 +764,13 @@ def render_markdown(result: BenchmarkResult) -> str:
             '', markdown_table(*measurement_table(result))]
     header, rows = ratio_table(result)
     if rows:
-        text += ['', 'Peers against ours, from the same run:', '', markdown_table(header, rows)]
+        text += ['', 'Peers against ours, from the same run (ratio of medians; in brackets the '
+                 'quartiles of the per-round ratios, the run\'s spread):', '',
+                 markdown_table(header, rows)]
     header, rows = flop_table(result)
     if rows:
-        text += ['', 'Our time over our ResNet of the same depth, against the FLOP ratio:', '',
-                 markdown_table(header, rows)]
+        text += ['', 'Our time over our ResNet of the same depth, against the FLOP ratio '
+                 '(per-round quartiles in brackets):', '', markdown_table(header, rows)]
     notes = [f'- {m.network} {m.label}: {m.note}' for m in result.measurements if m.note]
     notes += [f'- {d["network"]}: no {d["peer"]} peer ({d["reason"]})'
               for d in result.skipped_peers]

@@ -69,6 +69,9 @@ def test_ratios_come_from_the_same_run(result):
         ours, peer = result.get(r['network'], 'ours'), result.get(r['network'], 'mmdet')
         for mode in ('infer', 'train'):
             assert r[f'{mode}_speedup'] == pytest.approx(peer.median(mode) / ours.median(mode))
+            rounds = sorted(p / o for p, o in zip(peer.times[mode], ours.times[mode]))
+            q1, q3 = r[f'{mode}_speedup_quartiles']
+            assert rounds[0] <= q1 <= q3 <= rounds[-1]
             assert r[f'{mode}_memory_ratio'] == pytest.approx(
                 ours.peak_bytes[mode] / peer.peak_bytes[mode])
     flops = bm.flop_ratios(result)
@@ -78,6 +81,27 @@ def test_ratios_come_from_the_same_run(result):
     assert r['flop_ratio'] == pytest.approx(s.macs / n.macs) and r['flop_ratio'] > 1
     assert r['train_time_ratio'] == pytest.approx(s.median('train') / n.median('train'))
     assert r['train_within_flop_ratio'] == (r['train_time_ratio'] <= r['flop_ratio'])
+    q1, q3 = r['train_time_ratio_quartiles']
+    rounds = sorted(a / b for a, b in zip(s.times['train'], n.times['train']))
+    assert rounds[0] <= q1 <= q3 <= rounds[-1]
+
+
+def test_paired_quartiles_pair_rounds_not_sorted_times():
+    # Round by round the peer takes twice as long, while a drift spreads both series: the
+    # per-round ratio has no spread, which quartiles of the separate series would not show.
+    ours = [1.0, 3.0, 2.0, 5.0, 4.0]
+    peer = [2 * t for t in ours]
+    assert bm.paired_quartiles(peer, ours) == pytest.approx((2.0, 2.0))
+    assert bm.paired_quartiles([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == pytest.approx((1.5, 2.5))
+    assert bm.paired_quartiles([2.0], [1.0]) == (2.0, 2.0)
+    assert bm.paired_quartiles([], []) is None
+
+
+def test_markdown_shows_the_per_round_spread(result):
+    text = bm.render_markdown(result)
+    r = bm.peer_ratios(result)[0]
+    q1, q3 = r['train_speedup_quartiles']
+    assert f"{r['train_speedup']:.2f}x ({q1:.2f}-{q3:.2f})" in text
 
 
 def test_interleaved_round_robin(monkeypatch):
