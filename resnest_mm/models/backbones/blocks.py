@@ -15,6 +15,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..layers.dcn import conv_or_dcn_cfg
+from ..layers.fold import conv_norm, run_sequential
 from ..layers.layout import to_nchw
 from ..layers.pointwise import build_pointwise_conv
 from ..layers.spatial import build_spatial_conv
@@ -103,7 +104,12 @@ class ResidualBlock(BaseModule):
         return isinstance(self.last_norm(), (_NormBase, nn.GroupNorm, nn.LayerNorm))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        if self.downsample is None:
+            identity = x
+        elif isinstance(self.downsample, nn.Sequential):
+            identity = run_sequential(self.downsample, x)
+        else:
+            identity = self.downsample(x)
         out = self.residual(x)
         if self._add_in_place():
             return out.add_(identity)  # one feature map less to allocate per block
@@ -159,8 +165,8 @@ class BasicBlock(ResidualBlock):
         return self.norm2
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
-        return self.norm2(self.conv2(out))
+        out = self.relu(conv_norm(self.conv1, self.norm1, x))
+        return conv_norm(self.conv2, self.norm2, out)
 
 
 class Bottleneck(ResidualBlock):
@@ -224,11 +230,11 @@ class Bottleneck(ResidualBlock):
         raise NotImplementedError
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(conv_norm(self.conv1, self.norm1, x))
         out = self._plugins(out, 'after_conv1')
         out = self.middle(out)
         out = self._plugins(out, 'after_conv2')
-        out = self.norm3(self.conv3(out))
+        out = conv_norm(self.conv3, self.norm3, out)
         return self._plugins(out, 'after_conv3')
 
 
@@ -257,4 +263,4 @@ class ConvBottleneck(Bottleneck):
         return getattr(self, self.norm2_name)
 
     def middle(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.norm2(self.conv2(x)))
+        return self.relu(conv_norm(self.conv2, self.norm2, x))

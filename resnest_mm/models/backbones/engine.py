@@ -16,6 +16,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
+from ..layers.fold import conv_norm, run_sequential
 from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, to_nchw
 from ..layers.pointwise import build_pointwise_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
@@ -360,9 +361,9 @@ class ResNetEngine(BaseModule):
     # ----------------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.deep_stem:
-            x = self.stem(x)
+            x = run_sequential(self.stem, x)
         else:
-            x = self.relu(self.norm1(self.conv1(x)))
+            x = self.relu(conv_norm(self.conv1, self.norm1, x))
         return self.maxpool(x)
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:

@@ -8,6 +8,7 @@ from mmcv.cnn import build_norm_layer
 from ...registry import MODELS
 from ..checks import check_int
 from ..layers.dcn import conv_or_dcn_cfg
+from ..layers.fold import conv_norm
 from ..layers.spatial import build_spatial_conv
 from .blocks import Bottleneck, mid_channels
 from .engine import ResNetEngine
@@ -57,7 +58,7 @@ class Res2NetBottleneck(Bottleneck):
             sp = splits[i] if (i == 0 or self.stage_block) else sp + splits[i]
             if self._contiguous_splits:
                 sp = sp.contiguous()
-            sp = self.relu(norm(conv(sp)))
+            sp = self.relu(conv_norm(conv, norm, sp))
             outs.append(sp)
         outs.append(self.pool(splits[-1]) if self.with_pool else splits[-1])
         return torch.cat(outs, dim=1)

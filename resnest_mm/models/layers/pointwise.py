@@ -63,15 +63,21 @@ class PointwiseConv2d(nn.Conv2d):
                 and x.is_contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_with(x, self.weight, self.bias)
+
+    def conv_with(self, x: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """This conv of ``x`` with another weight and bias of the same shapes (a norm folded in,
+        see fold.py), by the same path as ``forward``."""
         if not self.uses_gemm(x):
-            return super().forward(x)
-        weight = self.weight.flatten(1)
+            return self._conv_forward(x, weight, bias)
+        weight = weight.flatten(1)
         if self.stride != (1, 1):
             # Autograd packs the saved tensors as apply returns, so the mark spans the call.
             with saves_take_any_layout():
-                return _SubsampledProduct.apply(x, weight, self.bias, self.stride)
+                return _SubsampledProduct.apply(x, weight, bias, self.stride)
         # (N, H, W, C) is a contiguous view of a channels-last x; so is the result's permute.
-        return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+        return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
 def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:

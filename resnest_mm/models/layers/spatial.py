@@ -75,6 +75,15 @@ class SpatialConv2d(nn.Conv2d):
         arrange_parameter(self.weight, torch.channels_last)
         return super().forward(x)
 
+    def conv_with(self, x: torch.Tensor, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """This conv of ``x`` with another weight and bias of the same shapes (a norm folded in,
+        see fold.py), in inference: channels-last for a channels-last map, as ``forward``."""
+        if self._channels_last_map(x):
+            arrange_parameter(self.weight, torch.channels_last)  # as forward does, for later calls
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return self._conv_forward(x, weight, bias)
+
 
 def build_spatial_conv(conv_cfg: Optional[dict], in_channels: int, out_channels: int,
                        kernel_size: int, **kwargs) -> nn.Module:

@@ -21,6 +21,7 @@ from mmengine.model import BaseModule
 
 from ..checks import check_int
 from .dcn import conv_or_dcn_cfg
+from .fold import conv_norm
 from .layout import graph_capture
 from .pointwise import PointwiseConv2d
 from .spatial import build_spatial_conv
@@ -162,7 +163,7 @@ class SplitAttentionConv2d(BaseModule):
         return weights.transpose(1, 2).reshape(n, r, self.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.norm0(self.conv(x)))
+        x = self.relu(conv_norm(self.conv, self.norm0, x))
         n, r, c = x.shape[0], self.radix, self.channels
         # Pool first, then sum the splits: mean(sum) == sum(mean), and one pass reads x once.
         pooled = (x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
