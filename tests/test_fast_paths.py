@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import ConvWS2d
 
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
-from resnest_mm.models.layers import pointwise
+from resnest_mm.models.layers import fold, pointwise
 from resnest_mm.models.layers.layout import SavedAsNCHW, save_as_nchw, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
 from resnest_mm.models.layers import split_attention
@@ -454,3 +454,28 @@ def test_stage_outputs_that_are_not_whole_channels_last_maps_take_the_plain_path
         assert a.is_contiguous()
     for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_inference_skips_the_autograd_functions_and_computes_the_same(monkeypatch):
+    """Without autograd the weighted split sum and the strided product run as plain ops (an
+    autograd Function call costs ~0.1 ms) and give what the training-path Functions give."""
+    torch.manual_seed(0)
+    layer = split_attention.SplitAttentionConv2d(in_channels=8, channels=8, radix=2).eval()
+    strided = PointwiseConv2d(8, 6, stride=2)
+    x = channels_last(2, 8, 10, 9)
+    monkeypatch.setattr(fold, 'FOLD_MAX_RATIO', -1)  # not what this test is about
+    applied = []
+    for fn in (split_attention._WeightedSplitSum, pointwise._SubsampledProduct):
+        original = fn.apply
+        monkeypatch.setattr(fn, 'apply', lambda *a, original=original: applied.append(1)
+                            or original(*a))
+    with torch.enable_grad():
+        want = layer(x), strided(x)
+    assert len(applied) == 2 and all(t.requires_grad for t in want)
+    applied.clear()
+    with torch.no_grad():
+        got = layer(x), strided(x)
+    assert not applied
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(got[1], F.conv2d(x, strided.weight, stride=2).detach())

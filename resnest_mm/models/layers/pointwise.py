@@ -72,6 +72,9 @@ class PointwiseConv2d(nn.Conv2d):
         if not self.uses_gemm(x):
             return self._conv_forward(x, weight, bias)
         weight = weight.flatten(1)
+        if self.stride != (1, 1) and not torch.is_grad_enabled():
+            return F.linear(_subsample(x, self.stride).permute(0, 2, 3, 1), weight,
+                            bias).permute(0, 3, 1, 2)
         if self.stride != (1, 1):
             # Autograd packs the saved tensors as apply returns, so the mark spans the call.
             with saves_take_any_layout():

@@ -169,6 +169,8 @@ class SplitAttentionConv2d(BaseModule):
         pooled = (x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
                   ).view(n, r, c, 1, 1).sum(1)
         weights = self.attention(pooled)
-        if graph_capture():
+        # The autograd Function only where there is a backward pass (its call costs ~0.1 ms).
+        if graph_capture() or not (torch.is_grad_enabled()
+                                   and (x.requires_grad or weights.requires_grad)):
             return _weighted_split_sum(x, weights)
         return _WeightedSplitSum.apply(x, weights)
