@@ -107,6 +107,8 @@ def test_not_folded_under_autocast_or_graph_capture():
         assert folds(conv, norm, x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert not folds(conv, norm, x)
+        assert not folds(conv.bfloat16(), norm.bfloat16(), x.bfloat16())
+        conv.float(), norm.float()
         global_hook = torch.nn.modules.module.register_module_forward_hook(
             lambda m, a, o: None)
         try:

@@ -10,8 +10,9 @@ the weight is light for the map (ResNets' first stages at 224x224), not in the l
 norm and activation at 56x56 took 0.58x the time folded, the 256->512 one at 28x28 0.88x, while
 the 512->1024 one at 14x14 took 1.06x (not folded).
 
-Only where it is exactly the same computation up to float rounding: autograd off, CPU, no
-autocast, not a traced or exported graph (deployment runtimes fold on their own), a plain
+Only where it is exactly the same computation up to float rounding: autograd off, CPU, float32
+or float64 (a half-precision folded weight would round the scale into it), no autocast, not a
+traced or exported graph (deployment runtimes fold on their own), a plain
 :class:`~torch.nn.BatchNorm2d` or :class:`~torch.nn.SyncBatchNorm` in eval mode with running
 statistics, one of this package's plain convs, and no forward hooks on either module (a hook
 would not see the norm run). Everything else runs ``norm(conv(x))``.
@@ -43,6 +44,7 @@ def folds(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> bool:
     if (torch.is_grad_enabled() or type(conv) not in (PointwiseConv2d, SpatialConv2d)
             or type(norm) not in _NORMS or norm.training or norm.running_mean is None
             or norm.running_var is None or x.dim() != 4 or x.device.type != 'cpu'
+            or x.dtype not in (torch.float32, torch.float64)
             or torch.is_autocast_enabled('cpu') or graph_capture()
             or isinstance(conv.padding, str) or not _no_hooks(conv, norm)):
         return False
