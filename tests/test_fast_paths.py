@@ -10,7 +10,7 @@ from mmcv.cnn.bricks import ConvWS2d
 
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
 from resnest_mm.models.layers import fold, pointwise
-from resnest_mm.models.layers.layout import SavedAsNCHW, save_as_nchw, to_nchw
+from resnest_mm.models.layers.layout import SavedAsNCHW, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
 from resnest_mm.models.layers import split_attention
 from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
@@ -306,13 +306,13 @@ def test_shape_only_pool_matches_avg_pool_and_keeps_no_input(kwargs, layout):
 
 
 @pytest.mark.parametrize('stride', [1, 2])
-def test_save_as_nchw_keeps_only_the_nchw_tensor(stride):
+def test_saved_as_nchw_keeps_only_the_nchw_tensor(stride):
     torch.manual_seed(0)
     nchw = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
     conv = PointwiseConv2d(4, 3, stride=stride).double()
     x_cl = nchw.contiguous(memory_format=torch.channels_last)
     assert conv.uses_gemm(x_cl)  # the matrix product saves x_cl or a view of it
-    with save_as_nchw(x_cl, nchw):
+    with SavedAsNCHW(x_cl, nchw).saving():
         out = conv(x_cl) * 2
     copy_alive = weakref.ref(x_cl)
     del x_cl

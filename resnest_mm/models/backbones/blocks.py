@@ -104,12 +104,7 @@ class ResidualBlock(BaseModule):
         return isinstance(self.last_norm(), (_NormBase, nn.GroupNorm, nn.LayerNorm))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsample is None:
-            identity = x
-        elif isinstance(self.downsample, nn.Sequential):
-            identity = run_sequential(self.downsample, x)
-        else:
-            identity = self.downsample(x)
+        identity = x if self.downsample is None else run_sequential(self.downsample, x)
         out = self.residual(x)
         if self._add_in_place():
             return out.add_(identity)  # one feature map less to allocate per block

@@ -415,18 +415,20 @@ class ResNetEngine(BaseModule):
                         x = block(x, contiguous_output=True)
                     else:
                         out = block.forward_preactivation(x)
-            if returned and i < last_stage and SavedAsNCHW.accepts(out):
+            if not returned:
+                continue
+            if i == last_stage:
+                outs.append(x)
+            elif SavedAsNCHW.accepts(out):
                 carry = SavedAsNCHW(out)
                 with carry.saving():
                     x = block.relu(out)  # in place: saves its output, i.e. out's storage
                 y = to_nchw(x)
                 carry.set_nchw(y)
                 outs.append(y)
-            elif returned and i < last_stage:
+            else:
                 # Not a channels-last map (a plugin's layout): the next stage reads the output.
                 x = block.relu(to_nchw(out))
-                outs.append(x)
-            elif returned:
                 outs.append(x)
         return outs
 

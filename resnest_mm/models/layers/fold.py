@@ -23,7 +23,7 @@ from torch.nn.modules import module as _module
 
 from .layout import graph_capture
 from .pointwise import PointwiseConv2d
-from .spatial import SpatialConv2d
+from .spatial import SpatialConv2d, _out_size
 
 #: Fold where the conv's weight has at most this many values per output channel
 #: (in_channels / groups x kernel area) per output position (batch x height x width).
@@ -31,6 +31,7 @@ from .spatial import SpatialConv2d
 FOLD_MAX_RATIO = 1.0
 
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+_CONVS = (PointwiseConv2d, SpatialConv2d)
 
 
 def _no_hooks(*modules: nn.Module) -> bool:
@@ -41,15 +42,15 @@ def _no_hooks(*modules: nn.Module) -> bool:
 
 def folds(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`conv_norm` folds ``norm`` into ``conv`` for this input."""
-    if (torch.is_grad_enabled() or type(conv) not in (PointwiseConv2d, SpatialConv2d)
+    if (torch.is_grad_enabled() or type(conv) not in _CONVS
             or type(norm) not in _NORMS or norm.training or norm.running_mean is None
             or norm.running_var is None or x.dim() != 4 or x.device.type != 'cpu'
             or x.dtype not in (torch.float32, torch.float64)
             or torch.is_autocast_enabled('cpu') or graph_capture()
             or isinstance(conv.padding, str) or not _no_hooks(conv, norm)):
         return False
-    h, w = ((x.shape[i + 2] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1)
-             - 1) // conv.stride[i] + 1 for i in range(2))
+    h, w = (_out_size(x.shape[i + 2], conv.kernel_size[i], conv.stride[i], conv.padding[i],
+                      conv.dilation[i]) for i in range(2))
     return conv.weight[0].numel() <= FOLD_MAX_RATIO * x.shape[0] * h * w
 
 
@@ -68,16 +69,17 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     return conv.conv_with(x, conv.weight * scale.view(-1, 1, 1, 1), shift)
 
 
-def run_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)``, with every conv followed by its norm run through :func:`conv_norm`."""
-    if not _no_hooks(seq):
+def run_sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)``; for an ``nn.Sequential``, every conv followed by its norm runs through
+    :func:`conv_norm`."""
+    if not isinstance(seq, nn.Sequential) or not _no_hooks(seq):
         return seq(x)
     pending = None  # a conv waiting to see whether a norm follows
     for m in seq:
         if pending is not None:
             x = conv_norm(pending, m, x) if isinstance(m, _NORMS) else m(pending(x))
             pending = None
-        elif type(m) in (PointwiseConv2d, SpatialConv2d):
+        elif type(m) in _CONVS:
             pending = m
         else:
             x = m(x)

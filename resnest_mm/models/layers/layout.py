@@ -59,7 +59,7 @@ _any_layout_saves = threading.local()
 @contextmanager
 def saves_take_any_layout() -> Iterator[None]:
     """Marks the tensors autograd saves inside this block (for a backward pass that works with
-    any memory layout) so that :func:`save_as_nchw` hands them back without a copy."""
+    any memory layout) so that :class:`SavedAsNCHW` hands them back without a copy."""
     before = getattr(_any_layout_saves, 'on', False)
     _any_layout_saves.on = True
     try:
@@ -134,11 +134,3 @@ class SavedAsNCHW:
         rebuilt = self._nchw.contiguous(memory_format=torch.channels_last)
         return rebuilt.as_strided(*geometry)
 
-
-@contextmanager
-def save_as_nchw(channels_last: torch.Tensor, nchw: torch.Tensor) -> Iterator[None]:
-    """Inside this block, autograd saves ``nchw`` wherever it would save ``channels_last`` (the
-    same values in the other layout) or a view of it, and converts it back in the backward pass
-    (see :class:`SavedAsNCHW`): no second feature map kept alive until then."""
-    with SavedAsNCHW(channels_last, nchw).saving():
-        yield

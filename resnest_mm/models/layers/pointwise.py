@@ -72,10 +72,9 @@ class PointwiseConv2d(nn.Conv2d):
         if not self.uses_gemm(x):
             return self._conv_forward(x, weight, bias)
         weight = weight.flatten(1)
-        if self.stride != (1, 1) and not torch.is_grad_enabled():
-            return F.linear(_subsample(x, self.stride).permute(0, 2, 3, 1), weight,
-                            bias).permute(0, 3, 1, 2)
         if self.stride != (1, 1):
+            if not torch.is_grad_enabled():
+                return _strided_product(x, weight, bias, self.stride)
             # Autograd packs the saved tensors as apply returns, so the mark spans the call.
             with saves_take_any_layout():
                 return _SubsampledProduct.apply(x, weight, bias, self.stride)
@@ -86,6 +85,12 @@ class PointwiseConv2d(nn.Conv2d):
 def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     """The positions a strided 1x1 conv reads, as a channels-last copy (of ``x`` in any layout)."""
     return x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=torch.channels_last)
+
+
+def _strided_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     stride: tuple[int, int]) -> torch.Tensor:
+    """A strided 1x1 conv as one matrix product over the positions it reads (channels-last)."""
+    return F.linear(_subsample(x, stride).permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +104,7 @@ class _SubsampledProduct(torch.autograd.Function):
 
     It keeps ``x`` itself for backward (alive anyway: the block's input), not the subsampled
     copy, which it rebuilds there from ``x`` in whatever layout it gets back (see
-    layout.save_as_nchw). The input's gradient is one channels-last tensor. Not twice
+    layout.SavedAsNCHW). The input's gradient is one channels-last tensor. Not twice
     differentiable.
     """
 
@@ -109,8 +114,7 @@ class _SubsampledProduct(torch.autograd.Function):
                 stride: tuple[int, int]) -> torch.Tensor:
         ctx.stride = stride
         ctx.save_for_backward(x, weight)
-        out = F.linear(_subsample(x, stride).permute(0, 2, 3, 1), weight, bias)
-        return out.permute(0, 3, 1, 2)
+        return _strided_product(x, weight, bias, stride)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cpu')  # under the forward's autocast state
