@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import ConvWS2d
 
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
+from resnest_mm.models.backbones import engine
 from resnest_mm.models.layers import fold, pointwise
-from resnest_mm.models.layers.layout import SavedAsNCHW, to_nchw
+from resnest_mm.models.layers import layout
+from resnest_mm.models.layers.layout import SavedAsNCHW, nchw_copy, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
 from resnest_mm.models.layers import split_attention
 from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
@@ -346,6 +348,49 @@ def test_to_nchw_returns_nchw_and_sends_gradients_back_channels_last():
     assert grad.is_contiguous(memory_format=torch.channels_last)
     nchw = torch.randn(2, 3, 4, 5)
     assert to_nchw(nchw) is nchw
+
+
+@pytest.mark.parametrize('shape', [(2, 4, 5, 3), (1, 4, 1, 9), (3, 3, 4, 4), (2, 16, 1, 1)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.int64])
+def test_blocked_nchw_copy_is_the_plain_copy(shape, dtype, monkeypatch):
+    # A block of 8 elements is 2 positions of 4 channels: several blocks and a short last one.
+    monkeypatch.setattr(layout, 'NCHW_COPY_BLOCK', 8)
+    x = (torch.randn(shape) * 100).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = nchw_copy(x)
+    assert y.is_contiguous() and y.dtype == dtype and torch.equal(y, x)
+    if x.is_contiguous():  # 1x1 maps are both layouts at once
+        assert y is x
+    else:
+        assert y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    nchw = torch.randn(shape)
+    assert nchw_copy(nchw) is nchw
+    strided = torch.randn(shape[0], shape[1] * 2, *shape[2:])[:, ::2]  # neither layout
+    assert torch.equal(nchw_copy(strided), strided) and nchw_copy(strided).is_contiguous()
+
+
+def test_stage_outputs_take_the_blocked_copy(monkeypatch):
+    # The blocked copy is what turns channels-last stage outputs into NCHW, in both modes.
+    calls = []
+    monkeypatch.setattr(layout, 'NCHW_COPY_BLOCK', 64)
+    real = layout.nchw_copy
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        return real(x)
+
+    monkeypatch.setattr(layout, 'nchw_copy', counted)
+    monkeypatch.setattr(engine, 'nchw_copy', counted)
+    model = ResNeSt(depth=14, stem_channels=8, base_channels=4, out_indices=(0, 1, 2, 3))
+    x = torch.randn(2, 3, 64, 64)  # no 1x1 output: those are NCHW already
+    for training in (False, True):
+        calls.clear()
+        model.train(training)
+        with torch.set_grad_enabled(training):
+            outs = model(x)
+        # (Training also converts the inputs of the convs that spatial.py runs in NCHW.)
+        shapes = [tuple(o.shape) for o in outs]
+        assert calls == shapes if not training else set(shapes) <= set(calls)
+        assert all(o.is_contiguous() for o in outs)
 
 
 @pytest.mark.parametrize('name', sorted(NETS))

@@ -31,13 +31,44 @@ def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -
             param.grad = param.grad.contiguous(memory_format=memory_format)
 
 
+#: Elements per block of :func:`nchw_copy`: the block read (every channel of a run of positions)
+#: stays in the core's cache while it is written out channel by channel.
+NCHW_COPY_BLOCK = 1 << 17
+
+
+def nchw_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous()``; for a channels-last CPU map, copied a block of positions at a time.
+
+    The plain copy writes each channel's plane in turn and so reads a channels-last ``x`` with a
+    stride of ``C`` elements: on maps larger than the cache every read misses, and each cache line
+    is fetched once per channel it holds. A run of positions at a time keeps the lines read in
+    cache until all their channels are written: 2x to 4x faster on a 2-core AVX-512 machine for
+    56x56 to 200x304 maps, the same below about 14x14. Same values; no autograd of its own (see
+    :func:`to_nchw`).
+    """
+    if (x.device.type != 'cpu' or x.dim() != 4 or x.is_contiguous() or graph_capture()
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return x.contiguous()
+    n, c, h, w = x.shape
+    run = max(1, NCHW_COPY_BLOCK // c)
+    if h * w <= run:
+        return x.contiguous()
+    rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view: x is channels-last
+    # Returned as allocated, not as a view: an activation may then run on it in place.
+    out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device)
+    planes = out.view(n, c, h * w)
+    for start in range(0, h * w, run):
+        planes[:, :, start:start + run].copy_(rows[:, start:start + run].transpose(1, 2))
+    return out
+
+
 class _ToNCHW(torch.autograd.Function):
     """``x.contiguous()`` whose gradient goes back channels-last, the layout of the ops before
     it (oneDNN's batch-norm backward is slow when input and gradient layouts differ)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous()
+        return nchw_copy(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -50,7 +81,7 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
         return x
     if torch.is_grad_enabled() and x.requires_grad and not graph_capture():
         return _ToNCHW.apply(x)
-    return x.contiguous()
+    return nchw_copy(x)
 
 
 _any_layout_saves = threading.local()
