@@ -69,13 +69,14 @@ class _WeightedSplitSum(torch.autograd.Function):
 
 def _weighted_split_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     # Multiply-adds over channel slices: elementwise kernels keep x's memory layout (a reduction
-    # over a split axis would return NCHW for a channels-last x).
+    # over a split axis would return NCHW for a channels-last x). Accumulated in place: one
+    # output map allocated, not one per split (fresh memory costs page faults on CPU).
     n, r, c = weights.shape
     weights = weights.view(n, r, c, 1, 1)
     splits = x.split(c, dim=1)
     out = splits[0] * weights[:, 0]
     for i in range(1, r):
-        out = torch.addcmul(out, splits[i], weights[:, i])
+        out.addcmul_(splits[i], weights[:, i])
     return out
 
 
