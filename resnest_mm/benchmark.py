@@ -519,11 +519,19 @@ def _output_diff(ref: Implementation, impl: Implementation, x: torch.Tensor) -> 
     return max(float((p.float() - q.float()).abs().max()) for p, q in zip(a, b))
 
 
+#: Environment variables that change how the C allocator reuses freed memory. On CPU that moves
+#: every implementation's time (fresh memory costs page faults), the built-ins' more than ours, so
+#: a run records which were set.
+ALLOCATOR_ENV = ('LD_PRELOAD', 'GLIBC_TUNABLES', 'MALLOC_ARENA_MAX', 'MALLOC_TRIM_THRESHOLD_',
+                 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_CONF', 'TCMALLOC_RELEASE_RATE')
+
+
 def environment(settings: BenchmarkSettings) -> dict:
     env = dict(torch=torch.__version__, python=platform.python_version(),
                machine=platform.machine(), processor=_cpu_name(),
                threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-               time=time.strftime('%Y-%m-%d %H:%M:%S'))
+               time=time.strftime('%Y-%m-%d %H:%M:%S'),
+               allocator_env={k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ})
     if settings.device == 'cuda':
         env['gpu'] = torch.cuda.get_device_name()
     for pkg in ('mmengine', 'mmdet', 'resnest'):
@@ -760,7 +768,8 @@ def render_markdown(result: BenchmarkResult) -> str:
     text = [f'Backbone benchmark: batch {s.batch}, {s.size}x{s.size}, '
             f'{"AMP" if s.amp else "fp32"}{", channels-last" if s.channels_last else ""}, '
             f'{s.device} ({where}, {env["threads"]} threads), {s.warmup} warm-up + {s.iters} '
-            f'timed repetitions, interleaved round-robin; torch {env["torch"]}.',
+            f'timed repetitions, interleaved round-robin; torch {env["torch"]}'
+            + ''.join(f'; {k}={v}' for k, v in env.get('allocator_env', {}).items()) + '.',
             '', markdown_table(*measurement_table(result))]
     header, rows = ratio_table(result)
     if rows:

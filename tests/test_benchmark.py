@@ -104,6 +104,18 @@ def test_markdown_shows_the_per_round_spread(result):
     assert f"{r['train_speedup']:.2f}x ({q1:.2f}-{q3:.2f})" in text
 
 
+def test_allocator_settings_are_recorded_and_shown(result, monkeypatch):
+    monkeypatch.delenv('LD_PRELOAD', raising=False)
+    monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.trim_threshold=1000000000')
+    env = bm.environment(fast())
+    assert env['allocator_env'] == {'GLIBC_TUNABLES': 'glibc.malloc.trim_threshold=1000000000'}
+    result.environment, saved = env, result.environment
+    try:
+        assert '; GLIBC_TUNABLES=glibc.malloc.trim_threshold=1000000000.' in bm.render_markdown(result)
+    finally:
+        result.environment = saved
+
+
 def test_interleaved_round_robin(monkeypatch):
     """Calls alternate between implementations: A B A B ..., never A A ... B B."""
     order = []
