@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks import ConvWS2d
 
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
-from resnest_mm.models.backbones import engine
 from resnest_mm.models.layers import fold, pointwise
 from resnest_mm.models.layers import layout
 from resnest_mm.models.layers.layout import SavedAsNCHW, nchw_copy, to_nchw
@@ -379,7 +378,6 @@ def test_stage_outputs_take_the_blocked_copy(monkeypatch):
         return real(x)
 
     monkeypatch.setattr(layout, 'nchw_copy', counted)
-    monkeypatch.setattr(engine, 'nchw_copy', counted)
     model = ResNeSt(depth=14, stem_channels=8, base_channels=4, out_indices=(0, 1, 2, 3))
     x = torch.randn(2, 3, 64, 64)  # no 1x1 output: those are NCHW already
     for training in (False, True):

@@ -17,8 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
 from ..layers.fold import conv_norm, run_sequential
-from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, nchw_copy,
-                             to_nchw)
+from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, to_nchw
 from ..layers.pointwise import build_pointwise_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
@@ -450,7 +449,7 @@ class ResNetEngine(BaseModule):
             for i, name in enumerate(self.res_layers):
                 x = getattr(self, name)(x)
                 if i in self.out_indices:
-                    outs.append(nchw_copy(x) if restore else x)
+                    outs.append(to_nchw(x) if restore else x)
         # Ordered as out_indices asks, which may differ from stage order.
         by_stage = dict(zip(sorted(self.out_indices), outs))
         return tuple(by_stage[i] for i in self.out_indices)
