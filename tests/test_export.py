@@ -1,4 +1,7 @@
-"""Tracing, torch.export and ONNX export of every family, checked against eager outputs."""
+"""Tracing, torch.export, ONNX export and torch.compile of every family, checked against eager
+outputs (and, compiled, gradients)."""
+import copy
+
 import pytest
 import torch
 
@@ -60,3 +63,30 @@ def test_onnx_export_runs_in_onnxruntime_with_dynamic_sizes(name, tmp_path):
     x = torch.randn(2, 3, 96, 80)  # a different size than at export time
     with torch.no_grad():
         _close(session.run(None, {'image': x.numpy()}), model(x))
+
+
+@pytest.mark.parametrize('name', sorted(FAMILIES))
+def test_torch_compile_matches_eager(name):
+    """One graph (fullgraph: no breaks) for inference and for a training step, with the eager
+    outputs and parameter gradients. AOT autograd is the compiler's own front end; the backend
+    that runs its graph ('aot_eager') skips only the code generation (inductor, seconds to
+    minutes on CPU; benchmarked with tools/benchmark.py --compile)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    model = _eval(name)
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _close(compiled(x), twin(x))
+    model.train()
+    twin.train()
+    out, ref = compiled(x), twin(x)
+    _close([o.detach() for o in out], [r.detach() for r in ref])
+    sum((o * torch.linspace(0, 1, o.shape[1]).view(1, -1, 1, 1)).sum() for o in out).backward()
+    sum((r * torch.linspace(0, 1, r.shape[1]).view(1, -1, 1, 1)).sum() for r in ref).backward()
+    grads = [(n, p.grad, q.grad) for (n, p), q in zip(model.named_parameters(), twin.parameters())
+             if p.requires_grad]
+    assert grads and all(g is not None and h is not None for _, g, h in grads)
+    for n, g, h in grads:
+        assert float((g - h).abs().max()) <= 1e-4 * (1 + float(h.abs().max())), n

@@ -185,3 +185,27 @@ def test_backbone_inference_is_the_unfolded_network(name, monkeypatch):
     for a, b in zip(got, want):
         assert a.is_contiguous()
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('name', sorted(NETS))
+def test_mmcv_fuse_conv_bn_folds_every_norm_for_deployment(name):
+    """mmcv's deployment fold (``fuse_conv_bn``) finds each conv and its norm in our modules and
+    leaves the outputs unchanged; it skips Res2Net's per-scale lists, as in MMDetection's."""
+    import copy
+
+    from mmcv.cnn import fuse_conv_bn
+    torch.manual_seed(0)
+    model = NETS[name]().double().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            randomised(m)
+    fused = fuse_conv_bn(copy.deepcopy(model))
+    left = [n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if name == 'res2net':
+        assert left and all('.bns.' in n for n in left)
+    else:
+        assert not left
+    x = torch.rand(2, 3, 64, 48, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(fused(x), model(x)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
