@@ -74,6 +74,9 @@ class BenchmarkSettings:
         threads: ``torch.set_num_threads`` (None: PyTorch's default).
         memory: Measure peak memory.
         flops: Count FLOPs.
+        compile: A ``torch.compile`` backend (``'inductor'``, ...) that every implementation is
+            compiled with, each the same way (None: eager). Compiling happens in the first
+            warm-up repetition of each mode, so ``warmup`` must be at least 1.
     """
     batch: int = 2
     size: int = 224
@@ -87,6 +90,7 @@ class BenchmarkSettings:
     threads: Optional[int] = None
     memory: bool = True
     flops: bool = True
+    compile: Optional[str] = None
 
     def check(self) -> None:
         """Fail early, naming the setting, on a value that cannot work."""
@@ -110,6 +114,16 @@ class BenchmarkSettings:
                              f'subset of {SOURCES[1:]}')
         if self.threads is not None:
             check_int(OWNER, 'threads', self.threads, 1)
+        if self.compile is not None:
+            from torch._dynamo import list_backends
+            backends = list_backends(exclude_tags=())
+            if self.compile not in backends:
+                raise ValueError(f'compile={self.compile!r} is not valid; expected None (eager) '
+                                 f'or a torch.compile backend: {", ".join(backends)}')
+            if self.warmup < 1:
+                raise ValueError(f'warmup={self.warmup} is not valid with compile='
+                                 f'{self.compile!r}; compiling takes the first warm-up '
+                                 'repetition, expected >= 1')
 
 
 @dataclass
@@ -461,6 +475,25 @@ def _runner(impl: Implementation, mode: str, x: torch.Tensor, settings: Benchmar
     return run
 
 
+def _compiled_forward(model: nn.Module, backend: str
+                      ) -> Callable[[nn.Module, torch.Tensor], Sequence[torch.Tensor]]:
+    compiled = torch.compile(model, backend=backend)
+    return lambda _, x: compiled(x)
+
+
+@contextmanager
+def _compiling(settings: BenchmarkSettings) -> Iterator[None]:
+    """Every implementation and mode compiles its own graph of a forward method that all models
+    of a family share: room for all of them, and an error, not a silent fall-back to eager, if
+    there is not."""
+    if settings.compile is None:
+        yield
+        return
+    from torch._dynamo import config as dynamo_config
+    with dynamo_config.patch(recompile_limit=256, fail_on_recompile_limit_hit=True):
+        yield
+
+
 def _sync(settings: BenchmarkSettings) -> None:
     if settings.device == 'cuda':
         torch.cuda.synchronize()
@@ -534,6 +567,10 @@ def environment(settings: BenchmarkSettings) -> dict:
                allocator_env={k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ})
     if settings.device == 'cuda':
         env['gpu'] = torch.cuda.get_device_name()
+    if settings.compile == 'inductor':
+        from torch._inductor import config as inductor_config
+        # Freezing (TORCHINDUCTOR_FREEZING=1) folds norms and prepacks weights for inference.
+        env['inductor_freezing'] = bool(inductor_config.freezing)
     for pkg in ('mmengine', 'mmdet', 'resnest'):
         try:
             env[pkg] = __import__(pkg).__version__
@@ -578,7 +615,7 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
     reps = settings.warmup + settings.iters
     total = n * (int(settings.flops) + 1 + len(settings.modes) * (reps + int(settings.memory)))
     bar = ProgressBar(enabled=progress, total=total, name='benchmark')
-    with bar.running():
+    with bar.running(), _compiling(settings):
         for impl, meas in zip(impls, measurements):
             if settings.flops:
                 bar.step(f'FLOPs {impl.network} {impl.source}', 0)
@@ -594,6 +631,9 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
         for impl, meas in zip(impls, measurements):
             meas.max_abs_diff_vs_ours = _output_diff(ours_by_net[impl.network], impl, small)
             bar.step(f'check {impl.network} {impl.source}')
+        if settings.compile is not None:
+            for impl in impls:
+                impl.forward = _compiled_forward(impl.model, settings.compile)
         for mode in settings.modes:
             for impl in impls:
                 _set_mode(impl.model, mode)
@@ -761,12 +801,20 @@ def flop_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _compile_label(settings: BenchmarkSettings, env: dict) -> str:
+    if settings.compile is None:
+        return ''
+    return (f', torch.compile ({settings.compile}'
+            f'{", freezing" if env.get("inductor_freezing") else ""})')
+
+
 def render_markdown(result: BenchmarkResult) -> str:
     s = result.settings
     env = result.environment
     where = env.get('gpu') or env.get('processor')
     text = [f'Backbone benchmark: batch {s.batch}, {s.size}x{s.size}, '
-            f'{"AMP" if s.amp else "fp32"}{", channels-last" if s.channels_last else ""}, '
+            f'{"AMP" if s.amp else "fp32"}{", channels-last" if s.channels_last else ""}'
+            f'{_compile_label(s, env)}, '
             f'{s.device} ({where}, {env["threads"]} threads), {s.warmup} warm-up + {s.iters} '
             f'timed repetitions, interleaved round-robin; torch {env["torch"]}'
             + ''.join(f'; {k}={v}' for k, v in env.get('allocator_env', {}).items()) + '.',

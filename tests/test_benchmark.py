@@ -174,6 +174,8 @@ def test_config_file_backbone(tmp_path):
 @pytest.mark.parametrize('kwargs,match', [
     (dict(batch=0), 'batch=0'), (dict(size=16), 'size=16'), (dict(device='tpu'), 'device'),
     (dict(modes=('fit',)), 'modes'), (dict(peers=('timm',)), 'peers'),
+    (dict(compile='tensorrt'), "compile='tensorrt'.*inductor"),
+    (dict(compile='inductor', warmup=0), 'warmup=0.*compile'),
 ])
 def test_bad_settings_fail_early(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -211,3 +213,22 @@ def test_amp_and_channels_last_on_cpu():
     for m in res.measurements:
         assert m.times['infer'] and m.times['train'] and m.peak_bytes['train'] > 0
     assert 'AMP, channels-last' in bm.render_markdown(res)
+
+
+def test_compiled_implementations_are_timed_compiled(monkeypatch):
+    """--compile: each implementation and mode runs as a compiled graph (counted by Dynamo), the
+    compiling in the warm-up; the report says so."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    res = bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)],
+                           fast(peers=('mmdet',), compile='aot_eager', flops=False, memory=False,
+                                iters=2), progress=False)
+    # One graph per implementation and mode, none of them broken up.
+    assert counters['stats']['unique_graphs'] == 4
+    assert not counters['graph_break']
+    for m in res.measurements:
+        assert len(m.times['infer']) == len(m.times['train']) == 2
+    assert 'fp32, torch.compile (aot_eager), cpu' in bm.render_markdown(res)
+    assert bm.to_json(res)['settings']['compile'] == 'aot_eager'

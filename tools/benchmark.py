@@ -4,6 +4,7 @@ Examples:
     python tools/benchmark.py resnest50 resnext50_32x4d res2net50 resnet50
     python tools/benchmark.py configs/faster_rcnn_resnest50_fpn.py --mode infer --peers mmdet
     python tools/benchmark.py resnest50 --device cuda --amp --channels-last --batch 32
+    python tools/benchmark.py resnest50 resnet50 --compile    # every implementation compiled
 
 See docs/benchmark.md for what each column measures.
 """
@@ -32,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--peers', default='mmdet,official',
                    help="comma-separated subset of 'mmdet,official', or 'none'")
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    p.add_argument('--compile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                   help='torch.compile every implementation (backend: inductor if not given; '
+                        'compiling takes the first warm-up repetition)')
     p.add_argument('--json', default=None, help='write the results as JSON here')
     p.add_argument('--png', default=None, help='write a chart of speed against parameters here')
     p.add_argument('--fast', action='store_true',
@@ -48,7 +52,7 @@ def main(argv=None) -> None:
         warmup=1 if args.fast else args.warmup, device=args.device, amp=args.amp,
         channels_last=args.channels_last,
         modes=('infer', 'train') if args.mode == 'both' else (args.mode,), peers=peers,
-        threads=args.threads)
+        threads=args.threads, compile=args.compile)
     specs = [resolve_spec(n) for n in args.networks]
     result = run_benchmark(specs, settings, progress=not args.no_progress)
     print(render_markdown(result))
