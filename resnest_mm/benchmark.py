@@ -22,6 +22,9 @@ Measured, per implementation:
   held during the call above what it held at its start. Neither counts the weights or the input,
   which exist before the call; the training step's count includes the parameter gradients.
 
+With ``BenchmarkSettings.compile`` every implementation is timed as ``torch.compile`` makes it
+(the same backend for all; the output check above runs eager).
+
 Timing is interleaved round-robin: every warm-up and timed repetition runs all implementations of
 all networks once each in turn (A B C A B C ...), so slow drifts of a shared machine hit them all
 alike; ratios are taken from the medians of that one run.
