@@ -215,7 +215,7 @@ def test_amp_and_channels_last_on_cpu():
     assert 'AMP, channels-last' in bm.render_markdown(res)
 
 
-def test_compiled_implementations_are_timed_compiled(monkeypatch):
+def test_compiled_implementations_are_timed_compiled():
     """--compile: each implementation and mode runs as a compiled graph (counted by Dynamo), the
     compiling in the warm-up; the report says so."""
     import torch._dynamo
