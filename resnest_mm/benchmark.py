@@ -570,6 +570,10 @@ def environment(settings: BenchmarkSettings) -> dict:
                allocator_env={k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ})
     if settings.device == 'cuda':
         env['gpu'] = torch.cuda.get_device_name()
+    else:
+        # The vector instructions ATen and oneDNN use (AVX2, AVX512, ...): CPU speed-ups differ
+        # between them (see docs/benchmark.md), so a run says which it had.
+        env['cpu_capability'] = torch.backends.cpu.get_cpu_capability()
     if settings.compile == 'inductor':
         from torch._inductor import config as inductor_config
         # Freezing (TORCHINDUCTOR_FREEZING=1) folds norms and prepacks weights for inference.
@@ -814,7 +818,8 @@ def _compile_label(settings: BenchmarkSettings, env: dict) -> str:
 def render_markdown(result: BenchmarkResult) -> str:
     s = result.settings
     env = result.environment
-    where = env.get('gpu') or env.get('processor')
+    where = env.get('gpu') or ', '.join(
+        v for v in (env.get('processor'), env.get('cpu_capability')) if v)
     text = [f'Backbone benchmark: batch {s.batch}, {s.size}x{s.size}, '
             f'{"AMP" if s.amp else "fp32"}{", channels-last" if s.channels_last else ""}'
             f'{_compile_label(s, env)}, '

@@ -116,6 +116,18 @@ def test_allocator_settings_are_recorded_and_shown(result, monkeypatch):
         result.environment = saved
 
 
+def test_cpu_vector_capability_is_recorded_and_shown(result, monkeypatch):
+    """CPU speed-ups differ between AVX2 and AVX-512 machines: a run names what it had."""
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX512')
+    env = bm.environment(fast())
+    assert env['cpu_capability'] == 'AVX512'
+    result.environment, saved = dict(env, processor='Some CPU'), result.environment
+    try:
+        assert 'cpu (Some CPU, AVX512, ' in bm.render_markdown(result)
+    finally:
+        result.environment = saved
+
+
 def test_interleaved_round_robin(monkeypatch):
     """Calls alternate between implementations: A B A B ..., never A A ... B B."""
     order = []
