@@ -13,7 +13,7 @@ from resnest_mm.models.layers import fold, pointwise
 from resnest_mm.models.layers import layout
 from resnest_mm.models.layers.layout import SavedAsNCHW, nchw_copy, to_nchw
 from resnest_mm.models.layers.pointwise import PointwiseConv2d, build_pointwise_conv
-from resnest_mm.models.layers import split_attention
+from resnest_mm.models.layers import spatial, split_attention
 from resnest_mm.models.layers.pool import ShapeOnlyAvgPool2d
 from resnest_mm.models.layers.spatial import SpatialConv2d, build_spatial_conv
 
@@ -252,6 +252,35 @@ def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
     torch.testing.assert_close(conv(nchw), F.conv2d(nchw, weight, conv.bias, padding=1, groups=2))
     traced = torch.jit.trace(conv, small)
     torch.testing.assert_close(traced(small), conv(small))
+
+
+@pytest.mark.parametrize('slow', [True, False], ids=['avx2', 'avx512'])
+def test_spatial_conv_computes_large_map_training_convs_in_nchw_without_avx512(monkeypatch, slow):
+    """oneDNN's channels-last weight-gradient kernel is slow on large maps without AVX-512."""
+    monkeypatch.setattr(spatial, 'slow_channels_last_weight_grad', lambda: slow)
+    monkeypatch.setattr(spatial, 'LARGE_MAP_POSITIONS', 40)
+    torch.manual_seed(0)
+    conv = SpatialConv2d(32, 24, 3, padding=1, groups=2).double()  # 16 channels per group
+    narrow = SpatialConv2d(32, 24, 3, padding=1, groups=4).double()  # 8 per group
+    large = channels_last(1, 32, 6, 7).double().requires_grad_()  # 42 positions
+    small = channels_last(1, 32, 5, 8).double().requires_grad_()  # 40 positions
+    assert conv.computes_nchw(large) is slow
+    assert not conv.computes_nchw(small) and not narrow.computes_nchw(large)
+    with torch.no_grad():
+        assert not conv.computes_nchw(large)  # inference stays channels-last
+    out = conv(large)
+    fmt = torch.contiguous_format if slow else torch.channels_last
+    assert conv.weight.is_contiguous(memory_format=fmt)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (large, conv.weight), grad)
+    x_ref = large.detach().contiguous().requires_grad_()
+    w_ref = conv.weight.detach().contiguous().requires_grad_()
+    ref = F.conv2d(x_ref, w_ref, conv.bias, padding=1, groups=2)
+    torch.testing.assert_close(out, ref)
+    for g, w in zip(got, torch.autograd.grad(ref, (x_ref, w_ref), grad)):
+        torch.testing.assert_close(g, w)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_spatial_conv_builder_keeps_other_conv_types():
