@@ -17,8 +17,8 @@ ResNeSt's radix-2 3x3 convs took 1.0x the NCHW time channels-last at 2x56x56 (62
 positions, and the deep stem's 32->64 conv 1.43x at 2x112x112. Grouped convs with few channels
 per group go the other way (ResNeXt's 4 per group: 0.43x), so they stay channels-last, and so do
 1x1 convs (0.46x-0.77x; not spatial convs anyway). In the model, a ResNeSt-50 training step at
-2x3x512x768 took 1.13x-1.18x the time without this rule, ResNet-50 1.06x, Res2Net-50 1.03x; at 2x224
-the times were the same within the runs' spread.
+2x3x512x768 took 1.13x-1.18x the time without this rule, ResNet-50 1.06x, Res2Net-50 1.03x; at
+2x224 the times were the same within the runs' spread.
 """
 import functools
 from typing import Optional
