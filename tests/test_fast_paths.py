@@ -216,6 +216,28 @@ def test_split_attention_pooling_gradient_is_not_materialised():
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def _check_training_step(conv: SpatialConv2d, x: torch.Tensor,
+                         weight_format: torch.memory_format) -> None:
+    """``conv(x)`` and its gradients equal the plain NCHW conv's; the weight is kept in
+    ``weight_format``, the output and the input's gradient are channels-last, and the weight's
+    gradient comes in the weight's own layout (no copy)."""
+    out = conv(x)
+    weight = conv.weight
+    assert weight.is_contiguous(memory_format=weight_format)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, weight), grad)
+    x_ref = x.detach().contiguous().requires_grad_()
+    w_ref = weight.detach().contiguous().requires_grad_()
+    ref = F.conv2d(x_ref, w_ref, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    want = torch.autograd.grad(ref, (x_ref, w_ref), grad)
+    torch.testing.assert_close(out, ref)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert got[1].stride() == weight.stride()
+
+
 def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
     torch.manual_seed(0)
     conv = SpatialConv2d(16, 24, 3, padding=1, groups=2).double()
@@ -231,20 +253,8 @@ def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
     assert not conv.computes_nchw(small.contiguous())  # an NCHW map is the plain conv's
     for x, fmt in [(small, torch.contiguous_format), (large, torch.channels_last),
                    (small, torch.contiguous_format)]:
-        out = conv(x)
-        assert conv.weight is weight and weight.is_contiguous(memory_format=fmt)
-        assert out.is_contiguous(memory_format=torch.channels_last)
-        grad = torch.randn_like(out)
-        got = torch.autograd.grad(out, (x, weight), grad)
-        x_ref = x.detach().contiguous().requires_grad_()
-        w_ref = weight.detach().contiguous().requires_grad_()
-        ref = F.conv2d(x_ref, w_ref, conv.bias, padding=1, groups=2)
-        want = torch.autograd.grad(ref, (x_ref, w_ref), grad)
-        torch.testing.assert_close(out, ref)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w)
-        assert got[0].is_contiguous(memory_format=torch.channels_last)
-        assert got[1].stride() == weight.stride()  # no copy into the weight's layout
+        _check_training_step(conv, x, fmt)
+        assert conv.weight is weight
     with torch.no_grad():  # inference computes channels-last again
         conv(small)
     assert weight.is_contiguous(memory_format=torch.channels_last)
@@ -268,19 +278,7 @@ def test_spatial_conv_computes_large_map_training_convs_in_nchw_without_avx512(m
     assert not conv.computes_nchw(small) and not narrow.computes_nchw(large)
     with torch.no_grad():
         assert not conv.computes_nchw(large)  # inference stays channels-last
-    out = conv(large)
-    fmt = torch.contiguous_format if slow else torch.channels_last
-    assert conv.weight.is_contiguous(memory_format=fmt)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (large, conv.weight), grad)
-    x_ref = large.detach().contiguous().requires_grad_()
-    w_ref = conv.weight.detach().contiguous().requires_grad_()
-    ref = F.conv2d(x_ref, w_ref, conv.bias, padding=1, groups=2)
-    torch.testing.assert_close(out, ref)
-    for g, w in zip(got, torch.autograd.grad(ref, (x_ref, w_ref), grad)):
-        torch.testing.assert_close(g, w)
-    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    _check_training_step(conv, large, torch.contiguous_format if slow else torch.channels_last)
 
 
 def test_spatial_conv_builder_keeps_other_conv_types():
