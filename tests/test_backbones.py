@@ -299,20 +299,19 @@ def test_channels_last_matches_nchw_and_keeps_the_callers_layout(name):
     with torch.inference_mode():  # the first call converts the weights here
         fresh.eval()(x)
     fresh.train()
-    # Training: weight-heavy spatial convs compute (and keep their weight) in NCHW, the rest
-    # channels-last; either way each gradient arrives in its weight's layout (no copy).
-    nchw_convs = set()
+    # Training: some spatial convs take another way than plain channels-last (weight-heavy ones
+    # compute and keep their weight in NCHW; without AVX-512 wide ones take the matrix-product
+    # weight gradient); every way, each gradient arrives in its weight's layout (no copy).
+    paths = {}
     for m in fresh.modules():
         if isinstance(m, SpatialConv2d):
-            m.register_forward_pre_hook(
-                lambda m, args: nchw_convs.add(m) if m.computes_nchw(args[0]) else None)
+            m.register_forward_pre_hook(lambda m, args: paths.update({m: m.path(args[0])}))
     sum(o.mean() for o in fresh(x)).backward()
-    assert nchw_convs and len(nchw_convs) < sum(isinstance(m, SpatialConv2d)
-                                                for m in fresh.modules())
+    assert 'channels_last' in paths.values() and set(paths.values()) & {'nchw', 'gemm'}
     for m in fresh.modules():
         for p in m.parameters(recurse=False):
             if p.dim() == 4:
-                fmt = torch.contiguous_format if m in nchw_convs else torch.channels_last
+                fmt = torch.contiguous_format if paths.get(m) == 'nchw' else torch.channels_last
                 assert p.is_contiguous(memory_format=fmt)
                 assert p.grad.stride() == p.stride()
 

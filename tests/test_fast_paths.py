@@ -94,12 +94,19 @@ NETS = {
 }
 
 
+@pytest.mark.parametrize('cpu', ['avx2', 'avx512'])
 @pytest.mark.parametrize('name', sorted(NETS))
-def test_backbone_training_step_is_the_plain_nchw_network(name, monkeypatch):
+def test_backbone_training_step_is_the_plain_nchw_network(name, cpu, monkeypatch):
     """Every fast path at once (channels-last, matrix products, in-place adds, outputs kept once,
-    shape-only pools) against the same network run in NCHW with plain ops, in training mode:
-    outputs, their layout and every parameter gradient. In float64, so that only a real
-    difference, not batch norm amplifying float32 rounding, can fail it."""
+    shape-only pools, and the spatial convs' ways for either kind of CPU) against the same network
+    run in NCHW with plain ops, in training mode: outputs, their layout and every parameter
+    gradient. In float64, so that only a real difference, not batch norm amplifying float32
+    rounding, can fail it."""
+    monkeypatch.setattr(spatial, 'slow_channels_last_weight_grad', lambda: cpu == 'avx2')
+    # Scaled to these narrow networks: some convs take the matrix-product weight gradient, in
+    # bands of rows.
+    monkeypatch.setattr(spatial, 'GEMM_MIN_GROUP_WEIGHTS', 128)
+    monkeypatch.setattr(spatial, 'GEMM_BLOCK_VALUES', 2000)
     torch.manual_seed(0)
     fast = NETS[name](norm_eval=False).train().double()
     plain = NETS[name](norm_eval=False, channels_last=False).train().double()
@@ -117,13 +124,14 @@ def test_backbone_training_step_is_the_plain_nchw_network(name, monkeypatch):
     linear = F.linear
     used = []
     monkeypatch.setattr(F, 'linear', lambda *a: used.append(1) or linear(*a))
-    nchw_convs = []
+    paths = []
     for m in fast.modules():
         if isinstance(m, SpatialConv2d):
-            m.register_forward_pre_hook(lambda m, a: nchw_convs.append(m.computes_nchw(a[0])))
+            m.register_forward_pre_hook(lambda m, a: paths.append(m.path(a[0])))
     outs, grads = step(fast)
     assert used  # the matrix-product path ran
-    assert any(nchw_convs) and not all(nchw_convs)  # spatial convs ran both ways
+    # The spatial convs ran two ways: the CPU's other way and channels-last.
+    assert set(paths) == {'gemm' if cpu == 'avx2' else 'nchw', 'channels_last'}
     assert all(o.is_contiguous() for o in outs)
     used.clear()
     monkeypatch.setattr(pointwise, 'GEMM_MAX_POSITIONS', 0)
@@ -279,6 +287,47 @@ def test_spatial_conv_computes_large_map_training_convs_in_nchw_without_avx512(m
     with torch.no_grad():
         assert not conv.computes_nchw(large)  # inference stays channels-last
     _check_training_step(conv, large, torch.contiguous_format if slow else torch.channels_last)
+
+
+@pytest.mark.parametrize('slow', [True, False], ids=['avx2', 'avx512'])
+def test_spatial_conv_computes_weight_grad_by_gemm_without_avx512(monkeypatch, slow):
+    """Without AVX-512, wide training convs take the weight's gradient as matrix products of the
+    unfolded input: in whole images or bands of rows, for any stride, dilation, bias and a
+    channel slice of a map (Res2Net's), equal to the plain conv's."""
+    monkeypatch.setattr(spatial, 'slow_channels_last_weight_grad', lambda: slow)
+    monkeypatch.setattr(spatial, 'GEMM_MIN_GROUP_WEIGHTS', 128)
+    torch.manual_seed(0)
+    conv = SpatialConv2d(16, 32, 3, padding=1, groups=2).double()  # 8 x 16 per group
+    narrow = SpatialConv2d(16, 32, 3, padding=1, groups=4).double()  # 4 x 8
+    x = channels_last(2, 16, 7, 9).double().requires_grad_()
+    assert conv.path(x) == ('gemm' if slow else 'channels_last')
+    assert narrow.path(x) == 'channels_last'
+    with torch.no_grad():
+        assert conv.path(x) == 'channels_last'
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert conv.path(x) != 'gemm'  # its backward would meet mixed dtypes
+    conv.weight.requires_grad_(False)
+    assert conv.path(x) == 'channels_last'
+    if not slow:
+        return
+    wide = channels_last(2, 40, 7, 9).double().requires_grad_()
+    convs = [
+        (SpatialConv2d(16, 32, 3, padding=1, groups=2).double(), x),
+        (SpatialConv2d(16, 16, 3, stride=2, padding=1, bias=True).double(), x),
+        (SpatialConv2d(16, 16, 3, padding=2, dilation=2).double(), x),
+        (SpatialConv2d(16, 16, (3, 1), padding=(1, 0)).double(), x),
+        (SpatialConv2d(16, 16, 3, padding=1).double(), wide[:, 8:24]),  # a channel slice
+    ]
+    for block in (10 ** 6, 9 * 16 * 9 + 1, 100):  # both images at once, one each, 1-row bands
+        monkeypatch.setattr(spatial, 'GEMM_BLOCK_VALUES', block)
+        for conv, inp in convs:
+            assert conv.path(inp) == 'gemm'
+            _check_training_step(conv, inp, torch.channels_last)
+            if conv.bias is not None:  # its gradient too
+                out = conv(inp)
+                grad = torch.randn_like(out)
+                got, = torch.autograd.grad(out, conv.bias, grad)
+                torch.testing.assert_close(got, grad.sum((0, 2, 3)))
 
 
 def test_spatial_conv_builder_keeps_other_conv_types():

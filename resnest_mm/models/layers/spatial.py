@@ -19,13 +19,26 @@ per group go the other way (ResNeXt's 4 per group: 0.43x), so they stay channels
 1x1 convs (0.46x-0.77x; not spatial convs anyway). In the model, a ResNeSt-50 training step at
 2x3x512x768 took 1.13x-1.18x the time without this rule, ResNet-50 1.06x, Res2Net-50 1.03x; at
 2x224 the times were the same within the runs' spread.
+
+Better still there, for convs with wide groups: compute channels-last and take the weight
+gradient as matrix products of the unfolded input (MKL's GEMM; :func:`weight_grad_by_gemm`).
+oneDNN's weight-gradient kernels on that EPYC ran at 20-45 GMAC/s (its forward and input-gradient
+ones at 45-78) in either layout; the matrix products ran at 30-60. Forward + backward of
+ResNeSt-50's and ResNet-50's 3x3 convs at 2x224 took 1.04x-1.33x less time than the ways above
+(those in NCHW included), 1.2x-1.5x less for ResNeSt's at 2x3x512x768; a ResNeSt-50 training
+step 1.035x-1.06x less at 2x224 and 1.34x less at 2x3x512x768, ResNet-50's 1.04x, Res2Net-50's
+1.02x (at 2x224). Narrow or many groups lost (ResNeXt-50: 0.24x-0.61x), so they keep the ways
+above (:data:`GEMM_MIN_GROUP_WEIGHTS`). The unfolded input is built in blocks of at most
+:data:`GEMM_BLOCK_VALUES` values, so the extra memory stays small on large maps.
 """
 import functools
 from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
+from torch.autograd.function import once_differentiable
 
 from .layout import arrange_parameter, graph_capture, to_nchw
 from .pointwise import is_plain_conv
@@ -41,6 +54,16 @@ WEIGHT_HEAVY_RATIO = 4
 LARGE_MAP_POSITIONS = 8192
 LARGE_MAP_MIN_GROUP_WIDTH = 16
 
+#: On CPUs without AVX-512, a training conv whose groups each have at least this many input x
+#: output channels computes its weight gradient as matrix products (:func:`weight_grad_by_gemm`).
+#: Measured there: 32 x 64 (ResNeSt-50's radix-2 64->128 conv) gained; 32 x 32 in 32 groups
+#: (ResNeXt-50's last stage) and 26 x 26 (Res2Net-50's first) lost.
+GEMM_MIN_GROUP_WEIGHTS = 2048
+
+#: Values in the largest block of the unfolded input that :func:`weight_grad_by_gemm` builds at
+#: once (8 MB in float32): large maps are done a band of rows at a time.
+GEMM_BLOCK_VALUES = 1 << 21
+
 
 @functools.lru_cache(maxsize=None)
 def slow_channels_last_weight_grad() -> bool:
@@ -53,13 +76,89 @@ def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) 
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def weight_grad_by_gemm(x: torch.Tensor, grad: torch.Tensor, weight_shape: torch.Size,
+                        stride: tuple[int, int], padding: tuple[int, int],
+                        dilation: tuple[int, int], groups: int) -> torch.Tensor:
+    """The gradient of a conv's weight, as matrix products: per group, the transposed
+    ``(positions, out)`` matrix of the output's gradient ``grad`` (channels-last) times the
+    ``(positions, kh * kw * in)`` matrix of the unfolded input ``x`` (any layout). The unfolded
+    input is built :data:`GEMM_BLOCK_VALUES` values at most at a time (whole images, or bands of
+    rows of one). Returned channels-last, the weight's layout on this path."""
+    n, c, h, w = x.shape
+    out_c, in_g, kh, kw = weight_shape
+    out_g = out_c // groups
+    ho, wo = grad.shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    # Zero-padded (N, H, W, C): every kernel tap is then a strided view of it.
+    padded = x.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
+    padded[:, ph:ph + h, pw:pw + w] = x.permute(0, 2, 3, 1)
+    step_n, step_h, step_w, _ = padded.stride()
+    cols = kh * kw * in_g
+    if ho * wo * cols <= GEMM_BLOCK_VALUES:
+        images = GEMM_BLOCK_VALUES // (ho * wo * cols)
+        spans = [(i, i + images, 0, ho) for i in range(0, n, images)]
+    else:
+        band = max(1, GEMM_BLOCK_VALUES // (wo * cols))
+        spans = [(i, i + 1, r, r + band) for i in range(n) for r in range(0, ho, band)]
+    rows = grad.permute(0, 2, 3, 1)  # (N, Ho, Wo, out): a view of a channels-last grad
+    out = x.new_zeros(out_c, cols)
+    for g in range(groups):
+        taps = padded.as_strided(
+            (n, ho, wo, kh, kw, in_g),
+            (step_n, step_h * sh, step_w * sw, step_h * dh, step_w * dw, 1), g * in_g)
+        outs = slice(g * out_g, (g + 1) * out_g)
+        for i0, i1, r0, r1 in spans:
+            out[outs].addmm_(rows[i0:i1, r0:r1, :, outs].reshape(-1, out_g).t(),
+                             taps[i0:i1, r0:r1].reshape(-1, cols))  # the unfolding copy
+    return out.view(out_c, kh, kw, in_g).permute(0, 3, 1, 2)
+
+
+class _GemmWeightGradConv(torch.autograd.Function):
+    """A conv (oneDNN's) whose backward pass computes the input's gradient with oneDNN and the
+    weight's with :func:`weight_grad_by_gemm`. Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                groups: int) -> torch.Tensor:
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = grad_b = None
+        # The weight's first: its padded and unfolded inputs are gone before grad_x exists.
+        if ctx.needs_input_grad[1]:
+            grad_w = weight_grad_by_gemm(x, grad, weight.shape, stride, padding, dilation,
+                                         groups)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, dilation, False, (0, 0), groups,
+                (True, False, False))[0]
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
 class SpatialConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` that, given a channels-last CPU map (or a channel slice of one) while
-    training, computes in NCHW when its weight is heavy for the map (:data:`WEIGHT_HEAVY_RATIO`)
-    or, on a CPU without AVX-512, when the map is large (:data:`LARGE_MAP_POSITIONS`), and
-    channels-last otherwise. It keeps its weight in the layout it computes in (the backbone
-    leaves this weight to it), so neither way copies the weight or its gradient. The returned map
-    is channels-last either way, and the input's gradient goes back channels-last.
+    """An ``nn.Conv2d`` that, given a channels-last CPU map (or a channel slice of one), picks
+    per call how to compute. While training with a weight gradient:
+
+    - on a CPU without AVX-512, with groups of at least :data:`GEMM_MIN_GROUP_WEIGHTS` input x
+      output channels: channels-last, the weight's gradient computed as matrix products
+      (:func:`weight_grad_by_gemm`; not under autocast);
+    - otherwise in NCHW when its weight is heavy for the map (:data:`WEIGHT_HEAVY_RATIO`) or,
+      on a CPU without AVX-512, when the map is large (:data:`LARGE_MAP_POSITIONS`);
+    - otherwise channels-last.
+
+    In inference it is channels-last. It keeps its weight in the layout it computes in (the
+    backbone leaves this weight to it), so no way copies the weight or its gradient. The
+    returned map is channels-last every way, and the input's gradient goes back channels-last.
 
     Parameters, state-dict keys and initialisation are the ``nn.Conv2d``'s; any other input
     (NCHW, CUDA, unbatched, traced or exported graphs) is the plain conv.
@@ -68,8 +167,11 @@ class SpatialConv2d(nn.Conv2d):
         >>> import torch
         >>> conv = SpatialConv2d(64, 64, 3, padding=1, bias=False)
         >>> x = torch.rand(1, 64, 2, 2).contiguous(memory_format=torch.channels_last)
-        >>> conv.computes_nchw(x)  # 576 weight values per output channel, 4 positions
+        >>> conv.path(x) in ('gemm', 'nchw')  # 'gemm' without AVX-512; else weight-heavy
         True
+        >>> with torch.no_grad():
+        ...     conv.path(x)
+        'channels_last'
         >>> conv(x).is_contiguous(memory_format=torch.channels_last)
         True
     """
@@ -80,31 +182,44 @@ class SpatialConv2d(nn.Conv2d):
         return (not graph_capture() and x.dim() == 4 and x.device.type == 'cpu'
                 and x.stride(1) == 1 and not x.is_contiguous())
 
-    def _nchw_for_weight_grad(self, x: torch.Tensor) -> bool:
-        # For a channels-last map; the weight gradient is what NCHW saves on.
+    def path(self, x: torch.Tensor) -> str:
+        """How ``forward(x)`` computes: ``'plain'`` (the ``nn.Conv2d``), ``'gemm'``
+        (channels-last, weight gradient as matrix products), ``'nchw'`` or
+        ``'channels_last'``."""
+        if not self._channels_last_map(x):
+            return 'plain'
         if isinstance(self.padding, str) or not (torch.is_grad_enabled()
                                                  and self.weight.requires_grad):
-            return False
+            return 'channels_last'  # no weight gradient: what the other ways save on
+        slow = slow_channels_last_weight_grad()
+        in_g, out_g = self.in_channels // self.groups, self.out_channels // self.groups
+        if (slow and in_g * out_g >= GEMM_MIN_GROUP_WEIGHTS
+                and not torch.is_autocast_enabled('cpu')):
+            return 'gemm'
         h, w = (_out_size(x.shape[i + 2], self.kernel_size[i], self.stride[i],
                           self.padding[i], self.dilation[i]) for i in range(2))
         positions = x.shape[0] * h * w
-        if self.weight[0].numel() >= WEIGHT_HEAVY_RATIO * positions:
-            return True
-        return (positions > LARGE_MAP_POSITIONS
-                and self.weight.shape[1] >= LARGE_MAP_MIN_GROUP_WIDTH
-                and slow_channels_last_weight_grad())
+        if (self.weight[0].numel() >= WEIGHT_HEAVY_RATIO * positions
+                or (slow and positions > LARGE_MAP_POSITIONS
+                    and in_g >= LARGE_MAP_MIN_GROUP_WIDTH)):
+            return 'nchw'
+        return 'channels_last'
 
     def computes_nchw(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` computes in NCHW."""
-        return self._channels_last_map(x) and self._nchw_for_weight_grad(x)
+        return self.path(x) == 'nchw'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._channels_last_map(x):
+        path = self.path(x)
+        if path == 'plain':
             return super().forward(x)
-        if self._nchw_for_weight_grad(x):
+        if path == 'nchw':
             arrange_parameter(self.weight, torch.contiguous_format)
             return super().forward(to_nchw(x)).contiguous(memory_format=torch.channels_last)
         arrange_parameter(self.weight, torch.channels_last)
+        if path == 'gemm':
+            return _GemmWeightGradConv.apply(x, self.weight, self.bias, self.stride,
+                                             self.padding, self.dilation, self.groups)
         return super().forward(x)
 
     def conv_with(self, x: torch.Tensor, weight: torch.Tensor,
