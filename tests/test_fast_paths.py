@@ -252,13 +252,13 @@ def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
     weight = conv.weight
     small = channels_last(2, 16, 3, 3).double().requires_grad_()  # 72 weights, 18 positions
     large = channels_last(2, 16, 6, 5).double().requires_grad_()  # 72 weights, 60 positions
-    assert conv.computes_nchw(small) and not conv.computes_nchw(large)
+    assert conv.path(small) == 'nchw' and conv.path(large) == 'channels_last'
     weight.requires_grad_(False)  # frozen: no weight gradient, nothing to gain
-    assert not conv.computes_nchw(small)
+    assert conv.path(small) == 'channels_last'
     weight.requires_grad_(True)
     with torch.no_grad():
-        assert not conv.computes_nchw(small)
-    assert not conv.computes_nchw(small.contiguous())  # an NCHW map is the plain conv's
+        assert conv.path(small) == 'channels_last'
+    assert conv.path(small.contiguous()) == 'plain'  # an NCHW map is the plain conv's
     for x, fmt in [(small, torch.contiguous_format), (large, torch.channels_last),
                    (small, torch.contiguous_format)]:
         _check_training_step(conv, x, fmt)
@@ -282,10 +282,10 @@ def test_spatial_conv_computes_large_map_training_convs_in_nchw_without_avx512(m
     narrow = SpatialConv2d(32, 24, 3, padding=1, groups=4).double()  # 8 per group
     large = channels_last(1, 32, 6, 7).double().requires_grad_()  # 42 positions
     small = channels_last(1, 32, 5, 8).double().requires_grad_()  # 40 positions
-    assert conv.computes_nchw(large) is slow
-    assert not conv.computes_nchw(small) and not narrow.computes_nchw(large)
+    assert conv.path(large) == ('nchw' if slow else 'channels_last')
+    assert conv.path(small) == 'channels_last' and narrow.path(large) == 'channels_last'
     with torch.no_grad():
-        assert not conv.computes_nchw(large)  # inference stays channels-last
+        assert conv.path(large) == 'channels_last'  # inference stays channels-last
     _check_training_step(conv, large, torch.contiguous_format if slow else torch.channels_last)
 
 

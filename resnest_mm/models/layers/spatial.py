@@ -214,10 +214,6 @@ class SpatialConv2d(nn.Conv2d):
             return 'nchw'
         return 'channels_last'
 
-    def computes_nchw(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x)`` computes in NCHW."""
-        return self.path(x) == 'nchw'
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.path(x)
         if path == 'plain':
