@@ -160,7 +160,7 @@ class SpatialConv2d(nn.Conv2d):
 
     - on a CPU without AVX-512, with groups of at least :data:`GEMM_MIN_GROUP_WEIGHTS` input x
       output channels: channels-last, the weight's gradient computed as matrix products
-      (:func:`weight_grad_by_gemm`; not under autocast);
+      (:func:`weight_grad_by_gemm`; not under autocast, and not twice differentiable);
     - otherwise in NCHW when its weight is heavy for the map (:data:`WEIGHT_HEAVY_RATIO`) or,
       on a CPU without AVX-512, when the map is large (:data:`LARGE_MAP_POSITIONS`);
     - otherwise channels-last.
