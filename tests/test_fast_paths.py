@@ -318,7 +318,9 @@ def test_spatial_conv_computes_weight_grad_by_gemm_without_avx512(monkeypatch, s
         (SpatialConv2d(16, 16, (3, 1), padding=(1, 0)).double(), x),
         (SpatialConv2d(16, 16, 3, padding=1).double(), wide[:, 8:24]),  # a channel slice
     ]
-    for block in (10 ** 6, 9 * 16 * 9 + 1, 100):  # both images at once, one each, 1-row bands
+    # 16 channels x 9 taps a position: both images at once, one image (7 x 9 positions) at a
+    # time, bands of 3 rows (the last one short), single rows.
+    for block in (10 ** 6, 63 * 144, 27 * 144, 100):
         monkeypatch.setattr(spatial, 'GEMM_BLOCK_VALUES', block)
         for conv, inp in convs:
             assert conv.path(inp) == 'gemm'
