@@ -197,6 +197,15 @@ def setup_cpu_distributed(cfg: Config) -> None:
         _register_cpu_ddp()
 
 
+def shutdown_distributed() -> None:
+    """Destroy the default process group, if there is one (a torchrun launch), so that its
+    communication threads stop in order rather than being torn down at interpreter exit. The
+    command-line tools call this when they finish."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _register_cpu_ddp() -> None:
     from mmengine.model import MMDistributedDataParallel
     from mmengine.registry import MODEL_WRAPPERS

@@ -52,3 +52,12 @@ def test_resume_and_launcher_options():
         rr.load_config(CONFIG, launcher='mpich')
     with pytest.raises(FileNotFoundError, match='resume checkpoint'):
         rr.load_config(CONFIG, resume='/nonexistent/iter_4.pth')
+
+
+def test_shutdown_distributed_destroys_the_process_group(tmp_path):
+    import torch.distributed as dist
+    rr.shutdown_distributed()  # no group: nothing to do
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    assert dist.is_initialized()
+    rr.shutdown_distributed()
+    assert not dist.is_initialized()

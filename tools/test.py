@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     except AnnotationError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    finally:
+        rr.shutdown_distributed()
     rr.print_metrics(metrics, title='test metrics')
     return 0
 
