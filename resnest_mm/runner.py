@@ -198,12 +198,23 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Destroy the default process group, if there is one (a torchrun launch), so that its
-    communication threads stop in order rather than being torn down at interpreter exit. The
-    command-line tools call this when they finish."""
+    """Destroy the default process group, if there is one (a torchrun launch), and with it gloo's
+    worker threads, before the interpreter exits. The command-line tools call this when they
+    finish.
+
+    Left to interpreter exit, a gloo worker thread could drop the last reference to a tensor
+    that Python also knew (a gradient made by a Python autograd function) while Python was
+    shutting down; taking the GIL then ended the thread inside C++ and aborted the process
+    (rank 0 of the two-process CPU test, about 1 run in 25). The runner's DDP wrapper holds the
+    group through reference cycles, so those are collected first: the group is then freed, and
+    its threads joined, here.
+    """
+    import gc
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def _register_cpu_ddp() -> None:
