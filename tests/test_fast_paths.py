@@ -330,6 +330,37 @@ def test_spatial_conv_computes_weight_grad_by_gemm_without_avx512(monkeypatch, s
             _check_training_step(conv, inp, torch.channels_last)
 
 
+@pytest.mark.parametrize('slow', [True, False], ids=['avx2', 'avx512'])
+@pytest.mark.parametrize('mode', ['reflect', 'replicate', 'circular'])
+def test_spatial_conv_pads_as_its_padding_mode_says(monkeypatch, slow, mode):
+    """A conv with a non-zero padding mode never takes the matrix-product way (its forward pads
+    with zeros): every way it does take, training or inference, is the ``nn.Conv2d``'s."""
+    monkeypatch.setattr(spatial, 'slow_channels_last_weight_grad', lambda: slow)
+    monkeypatch.setattr(spatial, 'GEMM_MIN_GROUP_WEIGHTS', 128)
+    torch.manual_seed(0)
+    conv = SpatialConv2d(16, 32, 3, padding=1, groups=2, padding_mode=mode).double()
+    plain = nn.Conv2d(16, 32, 3, padding=1, groups=2, padding_mode=mode).double()
+    plain.load_state_dict(conv.state_dict())
+    small = channels_last(2, 16, 2, 3).double().requires_grad_()  # weight-heavy: NCHW
+    large = channels_last(2, 16, 7, 9).double().requires_grad_()
+    assert conv.path(small) == 'nchw'
+    assert conv.path(large) == 'channels_last'
+    zeros = SpatialConv2d(16, 32, 3, padding=1, groups=2).double()
+    assert zeros.path(large) == ('gemm' if slow else 'channels_last')  # the one it would take
+    for x in (small, large):
+        out = conv(x)
+        x_ref = x.detach().contiguous().requires_grad_()
+        ref = plain(x_ref)
+        torch.testing.assert_close(out, ref)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)
+        want = torch.autograd.grad(ref, (x_ref, plain.weight, plain.bias), grad)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x), plain(x.contiguous()))
+
+
 def test_spatial_conv_builder_keeps_other_conv_types():
     assert type(build_spatial_conv(None, 4, 8, 3, padding=1)) is SpatialConv2d
     ws = build_spatial_conv(dict(type='ConvWS'), 4, 8, 3, padding=1)

@@ -160,7 +160,8 @@ class SpatialConv2d(nn.Conv2d):
 
     - on a CPU without AVX-512, with groups of at least :data:`GEMM_MIN_GROUP_WEIGHTS` input x
       output channels: channels-last, the weight's gradient computed as matrix products
-      (:func:`weight_grad_by_gemm`; not under autocast, and not twice differentiable);
+      (:func:`weight_grad_by_gemm`; zero padding only, not under autocast, and not twice
+      differentiable);
     - otherwise in NCHW when its weight is heavy for the map (:data:`WEIGHT_HEAVY_RATIO`) or,
       on a CPU without AVX-512, when the map is large (:data:`LARGE_MAP_POSITIONS`);
     - otherwise channels-last.
@@ -202,7 +203,9 @@ class SpatialConv2d(nn.Conv2d):
             return 'channels_last'  # no weight gradient: what the other ways save on
         slow = slow_channels_last_weight_grad()
         in_g, out_g = self.in_channels // self.groups, self.out_channels // self.groups
-        if (slow and in_g * out_g >= GEMM_MIN_GROUP_WEIGHTS
+        # Zero padding only: the product's forward pads with zeros (the other ways pad as
+        # nn.Conv2d does for its padding_mode).
+        if (slow and in_g * out_g >= GEMM_MIN_GROUP_WEIGHTS and self.padding_mode == 'zeros'
                 and not torch.is_autocast_enabled('cpu')):
             return 'gemm'
         h, w = (_out_size(x.shape[i + 2], self.kernel_size[i], self.stride[i],
