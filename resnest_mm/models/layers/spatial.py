@@ -20,15 +20,15 @@ per group go the other way (ResNeXt's 4 per group: 0.43x), so they stay channels
 2x3x512x768 took 1.13x-1.18x the time without this rule, ResNet-50 1.06x, Res2Net-50 1.03x; at
 2x224 the times were the same within the runs' spread.
 
-Better still there, for convs with wide groups: compute channels-last and take the weight
-gradient as matrix products of the unfolded input (MKL's GEMM; :func:`weight_grad_by_gemm`).
-oneDNN's weight-gradient kernels on that EPYC ran at 20-45 GMAC/s (its forward and input-gradient
-ones at 45-78) in either layout; the matrix products ran at 30-60. Forward + backward of
-ResNeSt-50's and ResNet-50's 3x3 convs at 2x224 took 1.04x-1.33x less time than the ways above
-(those in NCHW included), 1.2x-1.5x less for ResNeSt's at 2x3x512x768; a ResNeSt-50 training
-step 1.035x-1.06x less at 2x224 and 1.34x less at 2x3x512x768, ResNet-50's 1.04x, Res2Net-50's
-1.02x (at 2x224). Narrow or many groups lost (ResNeXt-50: 0.24x-0.61x), so they keep the ways
-above (:data:`GEMM_MIN_GROUP_WEIGHTS`). The unfolded input is built in blocks of at most
+Better still there, for convs with wide groups: compute channels-last and take the weight gradient
+as matrix products of the unfolded input (MKL's GEMM; :func:`weight_grad_by_gemm`). oneDNN's
+weight-gradient kernels on that EPYC ran at 20-45 GMAC/s (its forward and input-gradient ones at
+45-78) in either layout; the matrix products ran at 30-60. Forward + backward of ResNeSt-50's and
+ResNet-50's 3x3 convs at 2x224 took 1.04x-1.33x less time than the ways above (those in NCHW
+included), 1.2x-1.5x less for ResNeSt's at 2x3x512x768; a ResNeSt-50 training step 1.035x-1.06x
+less at 2x224 and 1.18x-1.34x less at 2x3x512x768 (two sessions), ResNet-50's 1.04x, Res2Net-50's
+1.02x (at 2x224). Narrow or many groups lost (ResNeXt-50: 0.24x-0.61x), so they keep the ways above
+(:data:`GEMM_MIN_GROUP_WEIGHTS`). The unfolded input is built in blocks of at most
 :data:`GEMM_BLOCK_VALUES` values, so the extra memory stays small on large maps.
 """
 import functools
