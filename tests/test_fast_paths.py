@@ -276,20 +276,50 @@ def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
 
 
 @pytest.mark.parametrize('slow', [True, False], ids=['avx2', 'avx512'])
-def test_spatial_conv_computes_large_map_training_convs_in_nchw_without_avx512(monkeypatch, slow):
-    """oneDNN's channels-last weight-gradient kernel is slow on large maps without AVX-512."""
+def test_spatial_conv_ways_for_large_maps_without_avx512(monkeypatch, slow):
+    """Without AVX-512, on large maps: wide convs that cannot take the matrix products compute in
+    NCHW (oneDNN's channels-last weight-gradient kernel is slow there); narrow ungrouped ones take
+    the products on the largest maps; narrow grouped ones stay channels-last."""
     monkeypatch.setattr(spatial, 'slow_channels_last_weight_grad', lambda: slow)
     monkeypatch.setattr(spatial, 'LARGE_MAP_POSITIONS', 40)
+    monkeypatch.setattr(spatial, 'GEMM_NARROW_MIN_POSITIONS', 60)
+    monkeypatch.setattr(spatial, 'GEMM_MIN_GROUP_WEIGHTS', 256)
     torch.manual_seed(0)
-    conv = SpatialConv2d(32, 24, 3, padding=1, groups=2).double()  # 16 channels per group
-    narrow = SpatialConv2d(32, 24, 3, padding=1, groups=4).double()  # 8 per group
-    large = channels_last(1, 32, 6, 7).double().requires_grad_()  # 42 positions
-    small = channels_last(1, 32, 5, 8).double().requires_grad_()  # 40 positions
-    assert conv.path(large) == ('nchw' if slow else 'channels_last')
-    assert conv.path(small) == 'channels_last' and narrow.path(large) == 'channels_last'
+    large = channels_last(1, 16, 6, 7).double().requires_grad_()  # 42 positions
+    small = channels_last(1, 16, 5, 8).double().requires_grad_()  # 40 positions
+    largest = channels_last(2, 16, 6, 7).double().requires_grad_()  # 84 positions
+    wide = SpatialConv2d(16, 32, 3, padding=1).double()  # 16 x 32
+    reflect = SpatialConv2d(16, 32, 3, padding=1, padding_mode='reflect').double()
+    narrow = SpatialConv2d(16, 8, 3, padding=1).double()  # 16 x 8
+    grouped = SpatialConv2d(32, 24, 3, padding=1, groups=2).double()  # 16 x 12 per group
+    thin = SpatialConv2d(8, 24, 3, padding=1).double()  # 8 input channels
+    on_slow = lambda way: way if slow else 'channels_last'
+    assert wide.path(large) == on_slow('gemm')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert wide.path(large) == on_slow('nchw') and wide.path(small) == 'channels_last'
+    assert reflect.path(large) == on_slow('nchw') and reflect.path(small) == 'channels_last'
+    assert narrow.path(largest) == on_slow('gemm') and narrow.path(large) == 'channels_last'
+    grouped_in = channels_last(2, 32, 6, 7).double().requires_grad_()
+    assert grouped.path(grouped_in) == 'channels_last'
+    assert thin.path(channels_last(2, 8, 6, 7).double().requires_grad_()) == 'channels_last'
     with torch.no_grad():
-        assert conv.path(large) == 'channels_last'  # inference stays channels-last
-    _check_training_step(conv, large, torch.contiguous_format if slow else torch.channels_last)
+        assert reflect.path(large) == 'channels_last'  # inference stays channels-last
+    plain = nn.Conv2d(16, 32, 3, padding=1, padding_mode='reflect').double()
+    plain.load_state_dict(reflect.state_dict())
+    out = reflect(large)
+    assert reflect.weight.is_contiguous(memory_format=torch.contiguous_format if slow
+                                        else torch.channels_last)
+    x_ref = large.detach().contiguous().requires_grad_()
+    ref = plain(x_ref)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (large, reflect.weight, reflect.bias), grad)
+    want = torch.autograd.grad(ref, (x_ref, plain.weight, plain.bias), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for conv, x in ((narrow, largest), (grouped, grouped_in)):
+        _check_training_step(conv, x, torch.channels_last)
 
 
 @pytest.mark.parametrize('slow', [True, False], ids=['avx2', 'avx512'])

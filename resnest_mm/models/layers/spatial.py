@@ -14,11 +14,16 @@ map. There oneDNN has no fast channels-last kernel for the weight gradient (its 
 layout and runs a blocked kernel. On a 2-core AMD EPYC (Zen 3, AVX2), forward + backward of
 ResNeSt's radix-2 3x3 convs took 1.0x the NCHW time channels-last at 2x56x56 (6272 positions),
 1.31x for 256->512 at 2x50x84 (8400), 1.49x-1.88x for 64->128 and 128->256 at 25088-49152
-positions, and the deep stem's 32->64 conv 1.43x at 2x112x112. Grouped convs with few channels
-per group go the other way (ResNeXt's 4 per group: 0.43x), so they stay channels-last, and so do
-1x1 convs (0.46x-0.77x; not spatial convs anyway). In the model, a ResNeSt-50 training step at
+positions, and the deep stem's 32->64 conv 1.43x at 2x112x112. Grouped convs with few channels per
+group go the other way (ResNeXt's 4 per group: 0.43x), so they stay channels-last, and so do 1x1
+convs (0.46x-0.77x; not spatial convs anyway). In the model, a ResNeSt-50 training step at
 2x3x512x768 took 1.13x-1.18x the time without this rule, ResNet-50 1.06x, Res2Net-50 1.03x; at
-2x224 the times were the same within the runs' spread.
+2x224 the times were the same within the runs' spread. Since then the wide convs among them take
+the matrix products below, and the rule is left to wide convs that cannot (under autocast, or with
+a non-zero padding mode): narrow ones lost in NCHW there (the deep stem's 32->32 conv at 2x112x112
+took 1.29x-1.34x the channels-last time, Res2Net-50's 26->26 at 2x128x192 1.22x-1.25x, ResNeXt's
+16-per-group convs at 4x50x76 to 2x100x152 1.35x-1.63x); a Res2Net-50 training step at 2x3x512x768
+took 1.13x-1.16x less time after that change.
 
 Better still there, for convs with wide groups: compute channels-last and take the weight gradient
 as matrix products of the unfolded input (MKL's GEMM; :func:`weight_grad_by_gemm`). oneDNN's
@@ -28,8 +33,11 @@ ResNet-50's 3x3 convs at 2x224 took 1.04x-1.33x less time than the ways above (t
 included), 1.2x-1.5x less for ResNeSt's at 2x3x512x768; a ResNeSt-50 training step 1.035x-1.06x
 less at 2x224 and 1.18x-1.34x less at 2x3x512x768 (two sessions), ResNet-50's 1.04x, Res2Net-50's
 1.02x (at 2x224). Narrow or many groups lost (ResNeXt-50: 0.24x-0.61x), so they keep the ways above
-(:data:`GEMM_MIN_GROUP_WEIGHTS`). The unfolded input is built in blocks of at most
-:data:`GEMM_BLOCK_VALUES` values, so the extra memory stays small on large maps.
+(:data:`GEMM_MIN_GROUP_WEIGHTS`). Ungrouped narrower convs (the deep stem's 32->32, Res2Net's
+26->26) take the products on the largest maps (:data:`GEMM_NARROW_MIN_POSITIONS`): at 121600-262144
+positions 1.06x-1.5x faster than channels-last, which is faster on smaller ones. The unfolded input
+is built in blocks of at most :data:`GEMM_BLOCK_VALUES` values, so the extra memory stays small on
+large maps.
 """
 import functools
 from typing import Optional
@@ -49,8 +57,10 @@ from .pointwise import is_plain_conv
 WEIGHT_HEAVY_RATIO = 4
 
 #: On CPUs without AVX-512, a training conv with more than this many output positions (batch x
-#: height x width) and at least :data:`LARGE_MAP_MIN_GROUP_WIDTH` input channels per group
-#: computes in NCHW. Measured there: 6272 positions the same either way, 8400 gained.
+#: height x width), at least :data:`LARGE_MAP_MIN_GROUP_WIDTH` input channels per group and wide
+#: groups (:data:`GEMM_MIN_GROUP_WEIGHTS`) that cannot take the matrix products (autocast, a
+#: non-zero padding mode) computes in NCHW. Measured there: 6272 positions the same either way,
+#: 8400 gained.
 LARGE_MAP_POSITIONS = 8192
 LARGE_MAP_MIN_GROUP_WIDTH = 16
 
@@ -59,6 +69,13 @@ LARGE_MAP_MIN_GROUP_WIDTH = 16
 #: Measured there: 32 x 64 (ResNeSt-50's radix-2 64->128 conv) gained; 32 x 32 in 32 groups
 #: (ResNeXt-50's last stage) and 26 x 26 (Res2Net-50's first) lost.
 GEMM_MIN_GROUP_WEIGHTS = 2048
+
+#: On CPUs without AVX-512, an ungrouped training conv with narrower groups than that but at least
+#: :data:`LARGE_MAP_MIN_GROUP_WIDTH` input channels takes the matrix products too on maps of more
+#: than this many output positions. Measured there (the deep stem's 32->32, Res2Net's 26->26):
+#: 121600-262144 positions gained 1.14x-2.0x over NCHW and 1.06x-1.5x over channels-last;
+#: 25088-37632 lost to channels-last.
+GEMM_NARROW_MIN_POSITIONS = 65536
 
 #: Values in the largest block of the unfolded input that :func:`weight_grad_by_gemm` builds at
 #: once (8 MB in float32): large maps are done a band of rows at a time.
@@ -162,8 +179,11 @@ class SpatialConv2d(nn.Conv2d):
       output channels: channels-last, the weight's gradient computed as matrix products
       (:func:`weight_grad_by_gemm`; zero padding only, not under autocast, and not twice
       differentiable);
+    - on such a CPU, ungrouped with at least :data:`LARGE_MAP_MIN_GROUP_WIDTH` input channels on
+      a map of more than :data:`GEMM_NARROW_MIN_POSITIONS` output positions: the same;
     - otherwise in NCHW when its weight is heavy for the map (:data:`WEIGHT_HEAVY_RATIO`) or,
-      on a CPU without AVX-512, when the map is large (:data:`LARGE_MAP_POSITIONS`);
+      on such a CPU, when it has wide groups that cannot take the products and the map is large
+      (:data:`LARGE_MAP_POSITIONS`);
     - otherwise channels-last.
 
     In inference it is channels-last. It keeps its weight in the layout it computes in (the
@@ -203,16 +223,18 @@ class SpatialConv2d(nn.Conv2d):
             return 'channels_last'  # no weight gradient: what the other ways save on
         slow = slow_channels_last_weight_grad()
         in_g, out_g = self.in_channels // self.groups, self.out_channels // self.groups
-        # Zero padding only: the product's forward pads with zeros (the other ways pad as
-        # nn.Conv2d does for its padding_mode).
-        if (slow and in_g * out_g >= GEMM_MIN_GROUP_WEIGHTS and self.padding_mode == 'zeros'
-                and not torch.is_autocast_enabled('cpu')):
-            return 'gemm'
+        wide = in_g * out_g >= GEMM_MIN_GROUP_WEIGHTS
         h, w = (_out_size(x.shape[i + 2], self.kernel_size[i], self.stride[i],
                           self.padding[i], self.dilation[i]) for i in range(2))
         positions = x.shape[0] * h * w
+        # Zero padding only: the product's forward pads with zeros (the other ways pad as
+        # nn.Conv2d does for its padding_mode).
+        if (slow and self.padding_mode == 'zeros' and not torch.is_autocast_enabled('cpu')
+                and (wide or (self.groups == 1 and in_g >= LARGE_MAP_MIN_GROUP_WIDTH
+                              and positions > GEMM_NARROW_MIN_POSITIONS))):
+            return 'gemm'
         if (self.weight[0].numel() >= WEIGHT_HEAVY_RATIO * positions
-                or (slow and positions > LARGE_MAP_POSITIONS
+                or (slow and wide and positions > LARGE_MAP_POSITIONS
                     and in_g >= LARGE_MAP_MIN_GROUP_WIDTH)):
             return 'nchw'
         return 'channels_last'
