@@ -188,7 +188,8 @@ class SpatialConv2d(nn.Conv2d):
 
     In inference it is channels-last. It keeps its weight in the layout it computes in (the
     backbone leaves this weight to it), so no way copies the weight or its gradient. The
-    returned map is channels-last every way, and the input's gradient goes back channels-last.
+    returned map is channels-last every way, and the input's gradient goes back channels-last
+    (except with circular padding computed channels-last: its pad's backward returns NCHW).
 
     Parameters, state-dict keys and initialisation are the ``nn.Conv2d``'s; any other input
     (NCHW, CUDA, unbatched, traced or exported graphs) is the plain conv.
