@@ -225,11 +225,12 @@ def test_split_attention_pooling_gradient_is_not_materialised():
 
 
 def _check_training_step(conv: SpatialConv2d, x: torch.Tensor,
-                         weight_format: torch.memory_format) -> None:
+                         weight_format: torch.memory_format, *,
+                         input_grad_format: torch.memory_format = torch.channels_last) -> None:
     """``conv(x)`` and its gradients (input, weight and bias, if any) equal the plain NCHW
     conv's (``nn.Conv2d``'s, its padding mode included); the weight is kept in ``weight_format``,
-    the output and the input's gradient are channels-last, and the weight's gradient comes in the
-    weight's own layout (no copy)."""
+    the output is channels-last, the input's gradient in ``input_grad_format``, and the weight's
+    gradient comes in the weight's own layout (no copy)."""
     out = conv(x)
     weight = conv.weight
     assert weight.is_contiguous(memory_format=weight_format)
@@ -245,7 +246,7 @@ def _check_training_step(conv: SpatialConv2d, x: torch.Tensor,
     torch.testing.assert_close(out, ref)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
-    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert got[0].is_contiguous(memory_format=input_grad_format)
     assert got[1].stride() == weight.stride()
 
 
@@ -365,18 +366,12 @@ def test_spatial_conv_pads_as_its_padding_mode_says(monkeypatch, slow, mode):
     assert conv.path(large) == 'channels_last'
     zeros = SpatialConv2d(16, 32, 3, padding=1, groups=2).double()
     assert zeros.path(large) == ('gemm' if slow else 'channels_last')  # the one it would take
-    # Its own comparison, not _check_training_step's: with circular padding the channels-last
-    # way's input gradient comes back in NCHW (the pad's backward), which that helper rejects.
+    _check_training_step(conv, small, torch.contiguous_format)
+    # With circular padding the channels-last way's input gradient comes back in NCHW (the
+    # pad's backward).
+    _check_training_step(conv, large, torch.channels_last, input_grad_format=(
+        torch.contiguous_format if mode == 'circular' else torch.channels_last))
     for x in (small, large):
-        out = conv(x)
-        x_ref = x.detach().contiguous().requires_grad_()
-        ref = plain(x_ref)
-        torch.testing.assert_close(out, ref)
-        grad = torch.randn_like(out)
-        got = torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)
-        want = torch.autograd.grad(ref, (x_ref, plain.weight, plain.bias), grad)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w)
         with torch.no_grad():
             torch.testing.assert_close(conv(x), plain(x.contiguous()))
 
