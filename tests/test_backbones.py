@@ -316,6 +316,79 @@ def test_channels_last_matches_nchw_and_keeps_the_callers_layout(name):
                 assert p.grad.stride() == p.stride()
 
 
+class _Conv3x3Plugin(torch.nn.Module):
+    """A plugin holding a plain 3x3 conv: the backbone stores its weight channels-last."""
+
+    def __init__(self, in_channels, postfix=''):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, in_channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+def test_weights_are_rearranged_after_whatever_replaced_or_relaid_them():
+    """The forward pass keeps its list of conv weights to arrange (no walk of the module tree per
+    call), and forgets it whenever parameters may have changed: .to(), a state-dict load (with
+    assign=True the Parameters are new ones), train() after a module was swapped."""
+    from mmengine.registry import MODELS
+    if '_Conv3x3Plugin' not in MODELS.module_dict:
+        MODELS.register_module(module=_Conv3x3Plugin)
+    plugins = [dict(cfg=dict(type='_Conv3x3Plugin'), position='after_conv2')]
+
+    def plugin_weights(model):
+        return [m.weight for m in model.modules() if type(m) is torch.nn.Conv2d]
+
+    def arranged(model):
+        return [p.is_contiguous(memory_format=torch.channels_last) for p in plugin_weights(model)]
+
+    model = build('resnest14', plugins=plugins).eval()
+    n = len(plugin_weights(model))
+    assert n and arranged(model) == [False] * n  # as built
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        assert arranged(model) == [True] * n
+        walked = []
+        modules = model.modules
+        model.modules = lambda: walked.append(1) or modules()
+        model(x)
+        assert not walked  # the second call used the kept list
+        del model.modules
+        model.to(memory_format=torch.contiguous_format)
+        model(x)
+        assert arranged(model) == [True] * n
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        model.load_state_dict(state, assign=True)
+        assert arranged(model) == [False] * n
+        model(x)
+        assert arranged(model) == [True] * n
+        block = model.layer1[0]
+        name = block.plugin_names['after_conv2'][0]
+        setattr(block, name, _Conv3x3Plugin(getattr(block, name).conv.in_channels))
+        assert arranged(model) == [False] + [True] * (n - 1)
+        model.eval()
+        model(x)
+        assert arranged(model) == [True] * n
+
+
+def test_other_conv_types_keep_their_weights_layout():
+    """A conv_cfg conv (mmcv's weight-standardised conv views its weight as NCHW) runs inside a
+    channels-last backbone with its weight as built."""
+    torch.manual_seed(0)
+    conv_cfg = dict(type='ConvWS')
+    # float64: standardised weights of these tiny convs amplify float32 rounding.
+    model = build('resnest14', conv_cfg=conv_cfg).double().eval()
+    nchw = build('resnest14', conv_cfg=conv_cfg, channels_last=False).double().eval()
+    nchw.load_state_dict(model.state_dict())
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(model(x), nchw(x)):
+            torch.testing.assert_close(a, b)
+    ws = [m.weight for m in model.modules() if type(m).__name__ == 'ConvWS2d']
+    assert ws and all(w.is_contiguous() for w in ws)
+
+
 def test_channels_last_with_dcn_is_refused_and_auto_stays_nchw():
     dcn = dict(type='DCNv2', deform_groups=1, fallback_on_stride=False)
     with pytest.raises(ValueError, match='channels_last'):
