@@ -42,9 +42,10 @@ def _no_hooks(*modules: nn.Module) -> bool:
 
 def folds(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`conv_norm` folds ``norm`` into ``conv`` for this input."""
-    if (torch.is_grad_enabled() or type(conv) not in _CONVS
+    # Cheapest and most often decisive first: this runs before every conv and its norm.
+    if (not x.is_cpu or torch.is_grad_enabled() or type(conv) not in _CONVS
             or type(norm) not in _NORMS or norm.training or norm.running_mean is None
-            or norm.running_var is None or x.dim() != 4 or x.device.type != 'cpu'
+            or norm.running_var is None or x.dim() != 4
             or x.dtype not in (torch.float32, torch.float64)
             or torch.is_autocast_enabled('cpu') or graph_capture()
             or isinstance(conv.padding, str) or not _no_hooks(conv, norm)):

@@ -46,7 +46,7 @@ def nchw_copy(x: torch.Tensor) -> torch.Tensor:
     56x56 to 200x304 maps, the same below about 14x14. Same values; no autograd of its own (see
     :func:`to_nchw`).
     """
-    if (x.device.type != 'cpu' or x.dim() != 4 or x.is_contiguous() or graph_capture()
+    if (not x.is_cpu or x.dim() != 4 or x.is_contiguous() or graph_capture()
             or not x.is_contiguous(memory_format=torch.channels_last)):
         return x.contiguous()
     n, c, h, w = x.shape

@@ -210,8 +210,8 @@ class SpatialConv2d(nn.Conv2d):
     @staticmethod
     def _channels_last_map(x: torch.Tensor) -> bool:
         # Channel-adjacent strides: a channels-last map, or a channel slice of one (Res2Net).
-        return (not graph_capture() and x.dim() == 4 and x.device.type == 'cpu'
-                and x.stride(1) == 1 and not x.is_contiguous())
+        return (x.is_cpu and x.dim() == 4 and not graph_capture() and x.stride(1) == 1
+                and not x.is_contiguous())
 
     def path(self, x: torch.Tensor) -> str:
         """How ``forward(x)`` computes: ``'plain'`` (the ``nn.Conv2d``), ``'gemm'``
