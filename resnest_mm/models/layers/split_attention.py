@@ -167,11 +167,19 @@ class SplitAttentionConv2d(BaseModule):
         x = self.relu(conv_norm(self.conv, self.norm0, x))
         n, r, c = x.shape[0], self.radix, self.channels
         # Pool first, then sum the splits: mean(sum) == sum(mean), and one pass reads x once.
-        pooled = (x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
-                  ).view(n, r, c, 1, 1).sum(1)
+        if x.is_cpu and x.dtype != torch.float16:
+            pooled = x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
+        else:
+            # A float16 sum over a detection-size map overflows (65504); elsewhere one kernel
+            # less (the sum's lighter backward is a CPU concern, see the module docstring).
+            pooled = x.mean((2, 3), keepdim=True)
+        pooled = pooled.view(n, r, c, 1, 1).sum(1)
+        # Under CUDA autocast the softmax returns float32 weights, kept so (as the reference
+        # implementations do): the weighted sum is then float32 and so is the weights' gradient,
+        # a sum over every position of the map that float16 could overflow under loss scaling.
         weights = self.attention(pooled)
         # The autograd Function only where there is a backward pass (its call costs ~0.1 ms).
-        if graph_capture() or not (torch.is_grad_enabled()
-                                   and (x.requires_grad or weights.requires_grad)):
+        if not (torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)
+                ) or graph_capture():
             return _weighted_split_sum(x, weights)
         return _WeightedSplitSum.apply(x, weights)
