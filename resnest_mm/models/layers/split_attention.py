@@ -6,9 +6,10 @@ layout is the official network's (its checkpoints load unchanged), and it lets t
 as one ``(N, radix, channels, H, W)`` tensor: the sum, pooling, softmax and weighted sum are a few
 whole-tensor operations, with no Python loop over splits and no copies of the feature map.
 
-Two things keep the backward pass as lean as the forward one. The pooling is a sum scaled by
-``1 / (H * W)``: a sum's gradient is a broadcast view, where a mean's is a materialised map (in
-NCHW, which then had to be added to a channels-last gradient). And the weighted sum has its own
+Two things keep the backward pass as lean as the forward one. On CPU the pooling is a sum scaled
+by ``1 / (H * W)``: a sum's gradient is a broadcast view, where a mean's is a materialised map (in
+NCHW, which then had to be added to a channels-last gradient). Float16 maps (whose sum overflows
+on detection-size maps) and GPUs (one kernel less) take the mean. And the weighted sum has its own
 backward (:class:`_WeightedSplitSum`): the gradient of all splits is one broadcast multiply into
 one tensor in the input's layout, instead of one product per split concatenated afterwards.
 """
