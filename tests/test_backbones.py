@@ -372,6 +372,18 @@ def test_weights_are_rearranged_after_whatever_replaced_or_relaid_them():
         assert arranged(model) == [True] * n
 
 
+def test_backbone_pickles_with_its_hooks():
+    """torch.save(model) and multiprocessing pickle the whole module, its hooks included."""
+    import pickle
+    model = build('resnest14').eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        copy_ = pickle.loads(pickle.dumps(model))
+        for a, b in zip(copy_(x), ref):
+            torch.testing.assert_close(a, b)
+
+
 def test_other_conv_types_keep_their_weights_layout():
     """A conv_cfg conv (mmcv's weight-standardised conv views its weight as NCHW) runs inside a
     channels-last backbone with its weight as built."""

@@ -29,6 +29,11 @@ ArchTable = dict[int, tuple[type[ResidualBlock], tuple[int, ...]]]
 _PLAIN_CONVS = (nn.Conv2d, PointwiseConv2d, SpatialConv2d)
 
 
+def _forget_after_load(module: 'ResNetEngine', incompatible_keys: Any) -> None:
+    # A module-level function, not a lambda: the backbone stays picklable (torch.save(model)).
+    module._forget_arranged_params()
+
+
 class ResNetEngine(BaseModule):
     """ResNet-family backbone: stem, four residual stages, multi-scale outputs.
 
@@ -192,8 +197,7 @@ class ResNetEngine(BaseModule):
         self.feat_dim = channels
         self._freeze_stages()
         self._forget_arranged_params()
-        self.register_load_state_dict_post_hook(
-            lambda module, incompatible: module._forget_arranged_params())
+        self.register_load_state_dict_post_hook(_forget_after_load)
 
     # ----------------------------------------------------------------------------------------
     # Construction
