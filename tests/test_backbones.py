@@ -370,6 +370,16 @@ def test_weights_are_rearranged_after_whatever_replaced_or_relaid_them():
         model.eval()
         model(x)
         assert arranged(model) == [True] * n
+    # Off the CPU (a GPU under autocast) the spatial convs' weights follow too: cuDNN's
+    # channels-last kernels would otherwise copy them per call. On CPU they are left to arrange
+    # their own, per way.
+    fresh = build('resnest14')
+    spatial = [m.weight for m in fresh.modules() if isinstance(m, SpatialConv2d)]
+    fresh._weights_to_channels_last(torch.empty(0))
+    assert spatial and not any(w.is_contiguous(memory_format=torch.channels_last)
+                               for w in spatial)
+    fresh._weights_to_channels_last(torch.empty(0, device='meta'))
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in spatial)
 
 
 def test_backbone_pickles_with_its_hooks():

@@ -224,17 +224,21 @@ def test_split_attention_pooling_gradient_is_not_materialised():
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
-
-def test_float16_split_attention_on_a_detection_size_map_is_finite():
+@pytest.mark.parametrize('device', [
+    'cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason='needs a CUDA device'))])
+def test_float16_split_attention_on_a_detection_size_map_is_finite(device):
     """A float16 network (model.half(), no autocast) pools by a mean: the sum over 200x304
     positions passed float16's 65504 and the softmax turned the inf into NaN."""
     torch.manual_seed(0)
-    layer = split_attention.SplitAttentionConv2d(in_channels=8, channels=8, radix=2).eval()
-    x = torch.rand(1, 8, 200, 304) * 4
+    layer = split_attention.SplitAttentionConv2d(in_channels=8, channels=8, radix=2)
+    layer = layer.to(device).eval()
+    x = torch.rand(1, 8, 200, 304, device=device) * 4
     with torch.no_grad():
         ref = layer(x)
         out = layer.half()(x.half())
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
 
 def _check_training_step(conv: SpatialConv2d, x: torch.Tensor,
                          weight_format: torch.memory_format, *,
