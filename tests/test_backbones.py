@@ -7,6 +7,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
+from resnest_mm.models.backbones import engine
 from resnest_mm.models.backbones.res2net import Res2NetBottleneck
 from resnest_mm.models.backbones.resnest import ResNeStBottleneck
 from resnest_mm.models.layers.spatial import SpatialConv2d
@@ -314,6 +315,37 @@ def test_channels_last_matches_nchw_and_keeps_the_callers_layout(name):
                 fmt = torch.contiguous_format if paths.get(m) == 'nchw' else torch.channels_last
                 assert p.is_contiguous(memory_format=fmt)
                 assert p.grad.stride() == p.stride()
+
+
+def test_inference_copies_each_output_to_nchw_after_the_next_stages_first_block(monkeypatch):
+    """Copied before that block, an NCHW output would live through it beside the channels-last
+    map it copies and the block's own maps (the peak memory of ResNeSt-50 at 2x224). A stage
+    with forward hooks runs whole, its hooks see it, and the copy waits for the stage."""
+    torch.manual_seed(0)
+    model = build('resnet50', out_indices=(2, 0)).eval()
+    x = torch.rand(2, 3, 48, 40)
+    with torch.no_grad():
+        ref = [o.contiguous() for o in model(x.contiguous(memory_format=torch.channels_last))]
+    log = []
+    copy = engine.to_nchw
+    monkeypatch.setattr(engine, 'to_nchw', lambda t: log.append(('nchw', t.shape[1])) or copy(t))
+    for i, name in enumerate(model.res_layers):
+        getattr(model, name)[0].register_forward_hook(
+            lambda *_, i=i: log.append(('first block', i)))
+    with torch.no_grad():
+        outs = model(x)
+    assert log == [('first block', 0), ('first block', 1), ('nchw', 32), ('first block', 2),
+                   ('first block', 3), ('nchw', 128)]
+    for got, want in zip(outs, ref):
+        assert got.is_contiguous()
+        assert torch.equal(got, want)
+    log.clear()
+    model.layer2.register_forward_hook(lambda *_: log.append(('stage', 1)))
+    with torch.no_grad():
+        outs = model(x)
+    assert log == [('first block', 0), ('first block', 1), ('stage', 1), ('nchw', 32),
+                   ('first block', 2), ('first block', 3), ('nchw', 128)]
+    assert all(torch.equal(got, want) for got, want in zip(outs, ref))
 
 
 class _Conv3x3Plugin(torch.nn.Module):

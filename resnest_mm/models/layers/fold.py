@@ -34,7 +34,8 @@ _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 _CONVS = (PointwiseConv2d, SpatialConv2d)
 
 
-def _no_hooks(*modules: nn.Module) -> bool:
+def no_hooks(*modules: nn.Module) -> bool:
+    """Whether no forward hook (global or of ``modules``) would see these modules run."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
@@ -48,7 +49,7 @@ def folds(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> bool:
             or norm.running_var is None or x.dim() != 4
             or x.dtype not in (torch.float32, torch.float64)
             or torch.is_autocast_enabled('cpu') or graph_capture()
-            or isinstance(conv.padding, str) or not _no_hooks(conv, norm)):
+            or isinstance(conv.padding, str) or not no_hooks(conv, norm)):
         return False
     h, w = (_out_size(x.shape[i + 2], conv.kernel_size[i], conv.stride[i], conv.padding[i],
                       conv.dilation[i]) for i in range(2))
@@ -73,7 +74,7 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
 def run_sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``seq(x)``; for an ``nn.Sequential``, every conv followed by its norm runs through
     :func:`conv_norm`."""
-    if not isinstance(seq, nn.Sequential) or not _no_hooks(seq):
+    if not isinstance(seq, nn.Sequential) or not no_hooks(seq):
         return seq(x)
     pending = None  # a conv waiting to see whether a norm follows
     for m in seq:
