@@ -348,6 +348,27 @@ def test_inference_copies_each_output_to_nchw_after_the_next_stages_first_block(
     assert all(torch.equal(got, want) for got, want in zip(outs, ref))
 
 
+def test_stage_forward_hooks_run_in_training_too():
+    """Training runs the blocks one by one to store no map twice; a stage with forward hooks is
+    called whole instead (they were skipped), with the same outputs and gradients."""
+    torch.manual_seed(0)
+    plain = build('resnest14').double()
+    hooked = copy.deepcopy(plain)
+    log = []
+    hooked.layer2.register_forward_pre_hook(lambda *_: log.append('pre'))
+    hooked.layer2.register_forward_hook(lambda *_: log.append('post'))
+    x = torch.rand(2, 3, 40, 48, dtype=torch.float64)
+    outs = [model(x) for model in (plain, hooked)]
+    assert log == ['pre', 'post']
+    for model, out in zip((plain, hooked), outs):
+        sum((o * o).sum() for o in out).backward()
+    for a, b in zip(*outs):
+        assert b.is_contiguous()
+        torch.testing.assert_close(b, a)
+    for (name, a), b in zip(plain.named_parameters(), hooked.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
 class _Conv3x3Plugin(torch.nn.Module):
     """A plugin holding a plain 3x3 conv: the backbone stores its weight channels-last."""
 
