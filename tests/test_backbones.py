@@ -348,15 +348,17 @@ def test_inference_copies_each_output_to_nchw_after_the_next_stages_first_block(
     assert all(torch.equal(got, want) for got, want in zip(outs, ref))
 
 
-def test_stage_forward_hooks_run_in_training_too():
-    """Training runs the blocks one by one to store no map twice; a stage with forward hooks is
-    called whole instead (they were skipped), with the same outputs and gradients."""
+@pytest.mark.parametrize('hooked_module', ['layer2', 'layer1.2'])
+def test_stage_and_block_forward_hooks_run_in_training_too(hooked_module):
+    """Training runs the blocks one by one, and a stage's last block in parts, to store no map
+    twice; with forward hooks on a stage or its last block the modules are called whole instead
+    (those hooks were skipped), with the same outputs and gradients."""
     torch.manual_seed(0)
-    plain = build('resnest14').double()
+    plain = build('resnest50_2s2x').double()
     hooked = copy.deepcopy(plain)
     log = []
-    hooked.layer2.register_forward_pre_hook(lambda *_: log.append('pre'))
-    hooked.layer2.register_forward_hook(lambda *_: log.append('post'))
+    hooked.get_submodule(hooked_module).register_forward_pre_hook(lambda *_: log.append('pre'))
+    hooked.get_submodule(hooked_module).register_forward_hook(lambda *_: log.append('post'))
     x = torch.rand(2, 3, 40, 48, dtype=torch.float64)
     outs = [model(x) for model in (plain, hooked)]
     assert log == ['pre', 'post']

@@ -467,7 +467,7 @@ class ResNetEngine(BaseModule):
 
     def _forward_stages_late_nchw_copies(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stages in channels-last, each returned output converted to NCHW after the next
-        stage's first block has run (in inference, traced graphs, and training with stage hooks).
+        stage's first block has run (in inference, traced graphs, and training with hooks).
 
         That block's input (the channels-last output) lives through it anyway; copied before
         it, the NCHW output would live through it too, beside the block's own maps, where the
@@ -502,9 +502,11 @@ class ResNetEngine(BaseModule):
         x = self.forward_stem(x)
         # Necks and mmcv ops expect the layout they were given. When autograd records, the
         # outputs are converted so that no map lives twice through the backward pass.
-        # That path runs blocks one by one: a stage's own forward hooks need the stage called.
+        # That path calls the blocks one by one and runs the last one of a stage in parts:
+        # forward hooks on a stage or on its last block need the module called.
+        stages = [getattr(self, name) for name in self.res_layers]
         if (restore and torch.is_grad_enabled() and not graph_capture()
-                and no_hooks(*(getattr(self, name) for name in self.res_layers))):
+                and no_hooks(*stages, *(stage[-1] for stage in stages))):
             outs = self._forward_stages_nchw_outputs(x)
         elif restore:
             outs = self._forward_stages_late_nchw_copies(x)
