@@ -147,10 +147,19 @@ def test_backbone_training_step_is_the_plain_nchw_network(name, cpu, monkeypatch
         torch.testing.assert_close(g, ref_grads[n], msg=n)
 
 
+def native_half_precision(monkeypatch, native: bool) -> None:
+    """Make this CPU count as computing half precision natively (AMX, AVX-512 BF16) or not."""
+    monkeypatch.setattr(layout, '_native_half_precision',
+                        lambda: {torch.bfloat16: native, torch.float16: native})
+
+
+@pytest.mark.parametrize('native', [True, False], ids=['native', 'emulated'])
 @pytest.mark.parametrize('name', sorted(NETS))
-def test_backbone_training_step_under_bfloat16_autocast(name):
+def test_backbone_training_step_under_bfloat16_autocast(monkeypatch, name, native):
     """The custom backward passes run under the forward's autocast state, so a bfloat16 autocast
-    training step works and leaves float32 gradients."""
+    training step works and leaves float32 gradients, whether or not the CPU has bfloat16
+    kernels (without, the plain channels-last convs run)."""
+    native_half_precision(monkeypatch, native)
     model = NETS[name](norm_eval=False).train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         outs = model(torch.rand(2, 3, 64, 48))
@@ -160,7 +169,33 @@ def test_backbone_training_step_under_bfloat16_autocast(name):
         assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
 
 
-def test_strided_product_under_bfloat16_autocast_is_the_convs():
+def test_emulated_half_precision_takes_the_plain_channels_last_convs(monkeypatch):
+    """Where the CPU lacks a half-precision type (autocast's, or the input's), 1x1 convs are not
+    matrix products and spatial convs compute channels-last: PyTorch's generic kernels for that
+    type ran far slower as products and in NCHW. float64 inputs, which autocast leaves alone,
+    keep their ways."""
+    monkeypatch.setattr(spatial, 'slow_channels_last_weight_grad', lambda: True)
+    monkeypatch.setattr(spatial, 'LARGE_MAP_POSITIONS', 40)
+    pointwise_conv = PointwiseConv2d(16, 8)
+    wide = SpatialConv2d(16, 128, 3, padding=1)  # wide: the matrix-product weight gradient
+    heavy = SpatialConv2d(16, 64, 3, padding=1, groups=2).double()  # heavy for a 2x2 map: NCHW
+    x = channels_last(2, 16, 7, 6).requires_grad_()
+    tiny = channels_last(1, 16, 2, 2).double().requires_grad_()
+    for native in (True, False):
+        native_half_precision(monkeypatch, native)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert pointwise_conv.uses_gemm(x) is native
+            # Under autocast, no matrix products; a large map would compute in NCHW.
+            assert wide.path(x) == ('nchw' if native else 'channels_last')
+            assert heavy.path(tiny) == 'nchw'  # float64: not autocast's
+        half = x.detach().bfloat16().requires_grad_()
+        assert pointwise_conv.bfloat16().uses_gemm(half) is native
+        assert wide.bfloat16().path(half) == ('gemm' if native else 'channels_last')
+        assert pointwise_conv.float().uses_gemm(x) and wide.float().path(x) == 'gemm'
+
+
+def test_strided_product_under_bfloat16_autocast_is_the_convs(monkeypatch):
+    native_half_precision(monkeypatch, True)  # the product is what this test is about
     torch.manual_seed(0)
     conv = PointwiseConv2d(16, 8, stride=2)
     x = channels_last(2, 16, 7, 6).requires_grad_()

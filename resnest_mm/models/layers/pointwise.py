@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
 from torch.autograd.function import once_differentiable
 
-from .layout import graph_capture, saves_take_any_layout
+from .layout import emulated_half_precision, graph_capture, saves_take_any_layout
 
 #: The matrix product is used up to this many output positions (batch x height x width) per call.
 GEMM_MAX_POSITIONS = 8192
@@ -25,10 +25,11 @@ GEMM_MAX_POSITIONS = 8192
 
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1, ungrouped ``nn.Conv2d`` that computes channels-last CPU inputs of at most
-    :data:`GEMM_MAX_POSITIONS` output positions as a matrix product, and everything else as the
-    conv. A strided one multiplies only the positions it reads (what a strided 1x1 conv
-    computes), which also spares oneDNN's copy of the weight gradient that a strided conv makes,
-    and keeps its input for backward rather than that subsampled copy (see
+    :data:`GEMM_MAX_POSITIONS` output positions as a matrix product (unless in a half-precision
+    type this CPU has no kernels for, see :func:`~.layout.emulated_half_precision`), and
+    everything else as the conv. A strided one multiplies only the positions it reads (what a
+    strided 1x1 conv computes), which also spares oneDNN's copy of the weight gradient that a
+    strided conv makes, and keeps its input for backward rather than that subsampled copy (see
     :class:`_SubsampledProduct`). Not twice differentiable when strided.
 
     Parameters, state-dict keys and initialisation are the ``nn.Conv2d``'s.
@@ -61,7 +62,8 @@ class PointwiseConv2d(nn.Conv2d):
         sh, sw = self.stride
         positions = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
         return (positions <= GEMM_MAX_POSITIONS
-                and x.is_contiguous(memory_format=torch.channels_last))
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and not emulated_half_precision(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_with(x, self.weight, self.bias)

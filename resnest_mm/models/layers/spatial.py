@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
 from torch.autograd.function import once_differentiable
 
-from .layout import arrange_parameter, graph_capture, to_nchw
+from .layout import arrange_parameter, emulated_half_precision, graph_capture, to_nchw
 from .pointwise import is_plain_conv
 
 #: A training conv computes in NCHW when its weight has at least this many values per output
@@ -184,7 +184,9 @@ class SpatialConv2d(nn.Conv2d):
     - otherwise in NCHW when its weight is heavy for the map (:data:`WEIGHT_HEAVY_RATIO`) or,
       on such a CPU, when it has wide groups that cannot take the products and the map is large
       (:data:`LARGE_MAP_POSITIONS`);
-    - otherwise channels-last.
+    - otherwise channels-last;
+    - and channels-last too in a half-precision type this CPU has no kernels for
+      (:func:`~.layout.emulated_half_precision`).
 
     In inference it is channels-last. It keeps its weight in the layout it computes in (the
     backbone leaves this weight to it), so no way copies the weight or its gradient. The
@@ -222,6 +224,8 @@ class SpatialConv2d(nn.Conv2d):
         if isinstance(self.padding, str) or not (torch.is_grad_enabled()
                                                  and self.weight.requires_grad):
             return 'channels_last'  # no weight gradient: what the other ways save on
+        if emulated_half_precision(x):
+            return 'channels_last'  # the other ways were measured with native kernels
         slow = slow_channels_last_weight_grad()
         in_g, out_g = self.in_channels // self.groups, self.out_channels // self.groups
         wide = in_g * out_g >= GEMM_MIN_GROUP_WEIGHTS
