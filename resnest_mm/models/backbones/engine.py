@@ -465,6 +465,13 @@ class ResNetEngine(BaseModule):
                 outs.append(x)
         return outs
 
+    def _stages_unhooked(self) -> bool:
+        """Whether no forward hook is on a stage or its last block: the training path calls the
+        blocks one by one and the last one of a stage in parts, and a hook needs its module
+        called."""
+        stages = [getattr(self, name) for name in self.res_layers]
+        return no_hooks(*stages, *(stage[-1] for stage in stages))
+
     def _forward_stages_late_nchw_copies(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stages in channels-last, each returned output converted to NCHW after the next
         stage's first block has run (in inference, traced graphs, and training with hooks).
@@ -502,11 +509,8 @@ class ResNetEngine(BaseModule):
         x = self.forward_stem(x)
         # Necks and mmcv ops expect the layout they were given. When autograd records, the
         # outputs are converted so that no map lives twice through the backward pass.
-        # That path calls the blocks one by one and runs the last one of a stage in parts:
-        # forward hooks on a stage or on its last block need the module called.
-        stages = [getattr(self, name) for name in self.res_layers]
         if (restore and torch.is_grad_enabled() and not graph_capture()
-                and no_hooks(*stages, *(stage[-1] for stage in stages))):
+                and self._stages_unhooked()):
             outs = self._forward_stages_nchw_outputs(x)
         elif restore:
             outs = self._forward_stages_late_nchw_copies(x)

@@ -3,7 +3,8 @@
 A stage output that is both returned (NCHW, for necks and mmcv ops) and read by the next stage
 (channels-last, for oneDNN) would otherwise live twice through the backward pass: once held by the
 caller and once saved by autograd. These helpers keep only the NCHW tensor and rebuild the
-channels-last one when the backward pass needs it.
+channels-last one when the backward pass needs it. Also here: the checks every layer makes
+before it picks a way (graph capture, half precision this CPU has no kernels for).
 """
 import functools
 import threading
