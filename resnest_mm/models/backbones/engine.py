@@ -483,7 +483,6 @@ class ResNetEngine(BaseModule):
         """
         outs = []
         pending = None  # a returned stage output, still channels-last
-        last_stage = len(self.res_layers) - 1
         for i, name in enumerate(self.res_layers):
             stage = getattr(self, name)
             blocks = iter(stage) if no_hooks(stage) else iter((stage,))
@@ -493,10 +492,10 @@ class ResNetEngine(BaseModule):
                 pending = None
             for block in blocks:
                 x = block(x)
-            if i == last_stage and i in self.out_indices:
-                outs.append(to_nchw(x))
-            elif i in self.out_indices:
+            if i in self.out_indices:
                 pending = x
+        if pending is not None:  # the last stage's: no block follows it
+            outs.append(to_nchw(pending))
         return outs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
