@@ -16,8 +16,8 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
-from ..layers.fold import conv_norm, no_hooks, run_sequential
-from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, to_nchw
+from ..layers.fold import conv_norm, run_sequential
+from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, no_hooks, to_nchw
 from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv

@@ -19,9 +19,8 @@ would not see the norm run). Everything else runs ``norm(conv(x))``.
 """
 import torch
 import torch.nn as nn
-from torch.nn.modules import module as _module
 
-from .layout import graph_capture
+from .layout import graph_capture, no_hooks
 from .pointwise import PointwiseConv2d
 from .spatial import SpatialConv2d, _out_size
 
@@ -32,13 +31,6 @@ FOLD_MAX_RATIO = 1.0
 
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 _CONVS = (PointwiseConv2d, SpatialConv2d)
-
-
-def no_hooks(*modules: nn.Module) -> bool:
-    """Whether no forward hook (global or of ``modules``) would see these modules run."""
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 def folds(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> bool:

@@ -4,7 +4,8 @@ A stage output that is both returned (NCHW, for necks and mmcv ops) and read by 
 (channels-last, for oneDNN) would otherwise live twice through the backward pass: once held by the
 caller and once saved by autograd. These helpers keep only the NCHW tensor and rebuild the
 channels-last one when the backward pass needs it. Also here: the checks every layer makes
-before it picks a way (graph capture, half precision this CPU has no kernels for).
+before it picks a way (graph capture, forward hooks, half precision this CPU has no kernels
+for).
 """
 import functools
 import threading
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
+import torch.nn as nn
+from torch.nn.modules import module as _module
 
 
 def graph_capture() -> bool:
@@ -19,6 +22,13 @@ def graph_capture() -> bool:
     ops (no custom autograd functions or saved-tensor hooks)."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting()
             or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def no_hooks(*modules: nn.Module) -> bool:
+    """Whether no forward hook (global or of ``modules``) would see these modules run."""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 @functools.lru_cache(maxsize=None)
