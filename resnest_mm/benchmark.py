@@ -29,6 +29,7 @@ Timing is interleaved round-robin: every warm-up and timed repetition runs all i
 all networks once each in turn (A B C A B C ...), so slow drifts of a shared machine hit them all
 alike; ratios are taken from the medians of that one run.
 """
+import importlib.metadata
 import json
 import math
 import os
@@ -578,10 +579,11 @@ def environment(settings: BenchmarkSettings) -> dict:
         from torch._inductor import config as inductor_config
         # Freezing (TORCHINDUCTOR_FREEZING=1) folds norms and prepacks weights for inference.
         env['inductor_freezing'] = bool(inductor_config.freezing)
-    for pkg in ('mmengine', 'mmdet', 'resnest'):
+    # Installed distributions' versions: the official resnest module has no __version__.
+    for pkg in ('mmengine', 'mmcv', 'mmdet', 'resnest'):
         try:
-            env[pkg] = __import__(pkg).__version__
-        except (ImportError, AttributeError):
+            env[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             env[pkg] = None
     return env
 

@@ -1,4 +1,5 @@
 """The benchmark, in its fast mode on tiny networks: every column filled, ratios from one run."""
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -126,6 +127,13 @@ def test_cpu_vector_capability_is_recorded_and_shown(result, monkeypatch):
         assert 'cpu (Some CPU, AVX512, ' in bm.render_markdown(result)
     finally:
         result.environment = saved
+
+
+def test_package_versions_are_recorded():
+    """The official resnest package has no __version__; its installed version is still named."""
+    env = bm.environment(fast())
+    for pkg in ('mmengine', 'mmcv', 'mmdet', 'resnest'):
+        assert env[pkg] == importlib.metadata.version(pkg), pkg
 
 
 def test_interleaved_round_robin(monkeypatch):
