@@ -27,11 +27,16 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from .checkpoint import mmengine_safe_globals
+from .det_checks import AnnotationError
+from .seg_checks import LabelMapError
 
 #: Toolboxes the tools serve: ``default_scope`` -> module with ``register_all_modules``.
 TOOLBOXES = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils'}
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'TorchSyncBN')
+#: Errors in the user's data that the data sets and pipelines find while the runner reads them;
+#: the tools report them as one message (:func:`data_error_message`), exit status 2.
+DATA_ERRORS = (AnnotationError, LabelMapError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,6 +415,20 @@ def test(cfg: Config, *, checkpoint: str) -> dict:
     cfg.resume = False
     runner = build_runner(cfg)
     return runner.test()
+
+
+def data_error_message(err: BaseException) -> str:
+    """The message of one of :data:`DATA_ERRORS`, without the traceback text that PyTorch puts
+    in front of it when a DataLoader worker process raised it (the error is re-raised in the
+    main process with the worker's whole traceback as its message)."""
+    text = str(err)
+    if text.startswith('Caught ') and '\nOriginal Traceback' in text:
+        # The traceback's last entry is "module.Class: the original message".
+        marker = f'{type(err).__module__}.{type(err).__qualname__}: '
+        at = text.rfind(marker)
+        if at >= 0:
+            return text[at + len(marker):].strip()
+    return text
 
 
 #: Metrics shown first, under a readable name.

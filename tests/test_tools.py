@@ -1,7 +1,8 @@
 """The command-line tools end to end, as a user runs them (subprocesses, tiny schedules):
 the demo configs train and evaluate through CocoMetric / IoUMetric, a run resumes at the right
 iteration, tools/test.py evaluates a saved checkpoint, a 2-process DDP run (gloo, CPU) trains,
-and bad data stops the run with one clear error."""
+and bad data (a missing data set, a malformed annotation file, an out-of-range label map) stops
+the run with one clear error."""
 import json
 import os
 import os.path as osp
@@ -154,6 +155,46 @@ def test_seg_demo_trains_and_evaluates_with_iou_metric(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'mIoU \(%\): \d+\.\d{4}', proc.stdout), proc.stdout[-2000:]
     assert osp.isfile(str(tmp_path / 'w' / 'iter_2.pth'))
+
+
+def test_out_of_range_label_map_is_one_clear_error(tmp_path):
+    import glob
+    import numpy as np
+    from PIL import Image
+    from resnest_mm.demo_data import make_demo_ade
+    root = str(tmp_path / 'demo_ade')
+    make_demo_ade(root, num_train=2, num_val=1, size=64)
+    for path in glob.glob(osp.join(root, 'annotations', 'training', '*.png')):
+        seg = np.array(Image.open(path))
+        seg[0, 0] = 200  # the demo has 5 classes (1..5 in the files)
+        Image.fromarray(seg).save(path)
+    # One worker process, as the demo config has: the error crosses the DataLoader's wrapping.
+    options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')]
+    proc = run_tool('tools/train.py', SEG_DEMO, '--work-dir', str(tmp_path / 'w'),
+                    '--cfg-options', *options, 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                    'train_dataloader.batch_size=1', 'train_dataloader.num_workers=1',
+                    'train_dataloader.persistent_workers=False',
+                    'model.data_preprocessor.size=(64,64)')
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert re.search(r"error: label map '[^']*training[^']*\.png' is not valid: 1 pixels hold "
+                     r"class ids outside 0\.\.4 and the ignore index 255: 199", proc.stderr), \
+        proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+
+
+def test_data_error_message_drops_a_worker_traceback():
+    from torch._utils import ExceptionWrapper
+    from resnest_mm.runner import data_error_message
+    from resnest_mm.seg_checks import LabelMapError
+    try:
+        raise LabelMapError("label map 'x.png' is not valid:\n  a second line")
+    except LabelMapError:
+        wrapped = ExceptionWrapper(where='in DataLoader worker process 0')
+    with pytest.raises(LabelMapError) as info:
+        wrapped.reraise()  # what the DataLoader does in the main process
+    assert 'Original Traceback' in str(info.value)
+    assert data_error_message(info.value) == "label map 'x.png' is not valid:\n  a second line"
+    assert data_error_message(LabelMapError('plain')) == 'plain'
 
 
 def test_config_that_cannot_merge_is_one_clear_error(tmp_path):

@@ -3,7 +3,7 @@
 (the toolbox follows the config's default_scope) and print the metrics.
 
     python tools/test.py configs/demo/faster_rcnn_resnest14_demo.py \
-        work_dirs/faster_rcnn_resnest14_demo/iter_500.pth
+        work_dirs/faster_rcnn_resnest14_demo/iter_600.pth
     torchrun --nproc_per_node 8 tools/test.py CONFIG CHECKPOINT --launcher pytorch
 
 Checkpoints are read with torch's safe loading (weights_only=True) plus the few numpy/mmengine
@@ -38,7 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from resnest_mm import runner as rr
-    from resnest_mm.det_checks import AnnotationError
     try:
         if not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
@@ -52,8 +51,8 @@ def main(argv=None) -> int:
         return 2
     try:
         metrics = rr.test(cfg, checkpoint=args.checkpoint)
-    except AnnotationError as err:
-        print(f'error: {err}', file=sys.stderr)
+    except rr.DATA_ERRORS as err:
+        print(f'error: {rr.data_error_message(err)}', file=sys.stderr)
         return 2
     finally:
         rr.shutdown_distributed()

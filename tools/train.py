@@ -41,7 +41,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from resnest_mm import runner as rr
-    from resnest_mm.det_checks import AnnotationError
     try:
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                              resume=args.resume, amp=args.amp, launcher=args.launcher)
@@ -51,8 +50,8 @@ def main(argv=None) -> int:
         return 2
     try:
         metrics = rr.train(cfg)
-    except AnnotationError as err:
-        print(f'error: {err}', file=sys.stderr)
+    except rr.DATA_ERRORS as err:
+        print(f'error: {rr.data_error_message(err)}', file=sys.stderr)
         return 2
     finally:
         rr.shutdown_distributed()
