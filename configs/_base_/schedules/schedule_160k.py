@@ -1,6 +1,7 @@
 # 160k iterations of SGD with poly decay, for 16 images per iteration (e.g. 4 GPUs x 4 images).
 # lr 0.01 belongs to 16 images: with another total batch B scale it linearly, lr = 0.01 * B / 16
-# (MMEngine does it for you with --auto-scale-lr, which reads auto_scale_lr below).
+# (MMEngine does it for you with --cfg-options auto_scale_lr.enable=True, which reads
+# auto_scale_lr below).
 optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005)
 optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
 param_scheduler = [
