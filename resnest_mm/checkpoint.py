@@ -331,6 +331,7 @@ def convert_file(src: str, dst: str, variant: str, overrides: Optional[dict] = N
         verify: Reload the saved file into a fresh model strictly, check every tensor, and when
             the official ``resnest`` package has the variant, compare all stage outputs.
         trust: Allow arbitrary pickled objects in ``src`` (only for files you trust).
+        log: Where the progress and verification lines go.
     """
     from .models import build_backbone
     overrides = dict(overrides or {})

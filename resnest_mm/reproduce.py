@@ -98,6 +98,8 @@ def demo_rows(demo_dir: str, work_root: str, iters: int = 20,
         demo_dir: Folder of the demo configs (``configs/demo``).
         work_root: Where derived configs go (``<work_root>/_configs``).
         iters: Training iterations (iteration-based configs; epoch-based ones train one epoch).
+        keys: Keep the rows whose key matches one of these regular expressions (None: all).
+        tables: Keep the rows of these tables (None: all).
     """
     from mmengine.config import Config
     paths = sorted(glob.glob(os.path.join(demo_dir, '*.py')))

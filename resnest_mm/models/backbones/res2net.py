@@ -79,6 +79,7 @@ class Res2Net(ResNetEngine):
             which skips the last split's pool in the first block of the first stage.
         deep_stem: Three 3x3 convs in the stem (v1b).
         avg_down: Average-pool shortcut downsampling (v1b).
+        stem_channels: Output channels of the stem (default: ``base_channels``).
         **kwargs: See :class:`ResNetEngine`.
 
     Example:
