@@ -26,3 +26,14 @@ def randomize_norms(model: torch.nn.Module, last_norm_names=('bn3', 'norm3', 'bn
 
 def max_diff(a, b) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def assert_same_architecture(backbone: torch.nn.Module, variant: str) -> None:
+    """``backbone`` has exactly the parameters and buffers of the named variant, shape for shape
+    (depth, groups, widths, scales and stem all show in them; dilation and strides do not)."""
+    from resnest_mm.models import build_backbone
+    want = {k: tuple(v.shape) for k, v in build_backbone(variant).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    assert got.keys() == want.keys(), sorted(set(got) ^ set(want))[:5]
+    wrong = {k: (got[k], want[k]) for k in got if got[k] != want[k]}
+    assert not wrong, list(wrong.items())[:5]

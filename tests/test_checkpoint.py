@@ -78,15 +78,21 @@ def test_plain_stem_layouts_torchvision_and_original_res2net():
     assert load_pretrained(dst, state, **QUIET).layout == 'plain-stem'
     assert_same_weights(src, dst)
     r2 = Res2Net(depth=50, base_channels=8, base_width=4, deep_stem=False, avg_down=False)
+    randomize_norms(r2)
     r2b = Res2Net(depth=50, base_channels=8, base_width=4, deep_stem=False, avg_down=False)
     load_pretrained(r2b, r2.state_dict(), **QUIET)
+    assert_same_weights(r2, r2b)
 
 
 def test_old_checkpoints_without_bn_counters_load():
     src = tiny_resnest()
+    randomize_norms(src)
     state = {k: v for k, v in src.state_dict().items() if not k.endswith('num_batches_tracked')}
-    report = load_pretrained(tiny_resnest(), state, **QUIET)
-    assert report.filled_counters
+    dst = tiny_resnest()
+    report = load_pretrained(dst, state, **QUIET)
+    counters = [k for k in src.state_dict() if k.endswith('num_batches_tracked')]
+    assert counters and sorted(report.filled_counters) == sorted(counters)
+    assert_same_weights(src, dst)
 
 
 def test_missing_and_unexpected_keys_are_listed():

@@ -4,11 +4,14 @@ set bases read COCO-format files through their pipelines."""
 import glob
 import os
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+
+from .conftest import assert_same_architecture
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FULL_CONFIGS = sorted(
@@ -71,7 +74,10 @@ def test_full_config_recipe_builds_and_steps(path):
     for head in heads if isinstance(heads, list) else [heads]:
         assert head.type == 'Shared4Conv1FCBBoxHead' and head.norm_cfg.type == 'SyncBN'
     assert raw.model.backbone.init_cfg.type == 'Pretrained'
-    assert raw.model.backbone.init_cfg.checkpoint.startswith('checkpoints/')
+    # The ImageNet file of this very network (resnest50-528c19ca.pth, res2net101_v1b_26w_4s-...).
+    variant = re.search(r'_(res(?:net|nest|next|2net)\w*?)_fpn\.py$', path).group(1)
+    checkpoint = raw.model.backbone.init_cfg.checkpoint
+    assert re.fullmatch(rf'checkpoints/{variant}[-_].*\.pth', checkpoint), checkpoint
     assert raw.train_dataloader.dataset.data_root == 'data/coco/'
     assert raw.train_dataloader.batch_size * 8 == 16 and raw.optim_wrapper.optimizer.lr == 0.02
     resize = raw.train_dataloader.dataset.pipeline[2]
@@ -90,6 +96,7 @@ def test_full_config_recipe_builds_and_steps(path):
     cls = next(c for key, c in BACKBONE.items() if f'_{key}5' in name or f'_{key}1' in name)
     assert type(model.backbone).__name__ == cls
     assert type(model.backbone).__module__.startswith('resnest_mm.')
+    assert_same_architecture(model.backbone, variant)  # depth, groups, widths, scales
     assert model.backbone.out_channels == (256, 512, 1024, 2048)
     model.init_weights()
     with_mask = 'mask' in path

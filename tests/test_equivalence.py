@@ -199,8 +199,10 @@ def test_official_dilated_resnest_equals_mmseg_patched_with_pool():
     off = official.resnest50(pretrained=False, dilated=True)
     ours = ResNeSt(depth=50, **OS8)
     compare(ref, mm_forward, ours)
-    # and that is exactly the official network
-    load_pretrained(ours, off.state_dict(), logger=lambda m: None)
+    # ... and the official dilated network's weights fit ours exactly (a strict load, which
+    # raises on any mismatch; the outputs are compared in test_dilated_resnest_equals_official_*).
+    report = load_pretrained(ours, off.state_dict(), logger=lambda m: None)
+    assert report.layout == 'deep-stem'  # the official package's stem naming
 
 
 def test_resnest_builtin_equals_official_when_not_dilated():

@@ -44,7 +44,7 @@ def test_collect_row_states(key, status, metrics, detail):
     assert res.metrics.keys() == metrics.keys()
     for name, value in metrics.items():
         assert res.metrics[name] == pytest.approx(value)
-    assert detail in res.detail
+    assert detail in res.detail if detail else res.detail == ''
 
 
 def test_tables_side_by_side_with_published_numbers():

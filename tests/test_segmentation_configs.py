@@ -11,15 +11,19 @@ import pytest
 import torch
 from mmengine.config import Config, ConfigDict
 
+from .conftest import assert_same_architecture
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'deeplabv3_*_ade20k.py')))
+#: Config -> (backbone class, depth, the named variant it is, the start of its ImageNet file).
 EXPECTED = {
-    'deeplabv3_resnet50_ade20k.py': ('ResNetV1c', 50),
-    'deeplabv3_resnet101_ade20k.py': ('ResNetV1c', 101),
-    'deeplabv3_resnest50_ade20k.py': ('ResNeSt', 50),
-    'deeplabv3_resnest101_ade20k.py': ('ResNeSt', 101),
-    'deeplabv3_resnext101_32x4d_ade20k.py': ('ResNeXt', 101),
-    'deeplabv3_res2net101_ade20k.py': ('Res2Net', 101),
+    'deeplabv3_resnet50_ade20k.py': ('ResNetV1c', 50, 'resnet50_v1c', 'resnet50_v1c-'),
+    'deeplabv3_resnet101_ade20k.py': ('ResNetV1c', 101, 'resnet101_v1c', 'resnet101_v1c-'),
+    'deeplabv3_resnest50_ade20k.py': ('ResNeSt', 50, 'resnest50', 'resnest50-'),
+    'deeplabv3_resnest101_ade20k.py': ('ResNeSt', 101, 'resnest101', 'resnest101-'),
+    'deeplabv3_resnext101_32x4d_ade20k.py': ('ResNeXt', 101, 'resnext101_32x4d',
+                                             'resnext101_32x4d-'),
+    'deeplabv3_res2net101_ade20k.py': ('Res2Net', 101, 'res2net101', 'res2net101_v1b_26w_4s-'),
 }
 
 
@@ -75,14 +79,15 @@ def test_config_states_the_recipe(path):
     cfg = load(path)
     assert cfg.default_scope == 'mmseg'
     assert 'resnest_mm.models' in cfg.custom_imports.imports
-    cls, depth = EXPECTED[osp.basename(path)]
+    cls, depth, _, checkpoint = EXPECTED[osp.basename(path)]
     bb = cfg.model.backbone
     assert bb.type == f'resnest_mm.{cls}' and bb.depth == depth
     # Output stride 8: stages 3 and 4 dilated 2 and 4, contracted.
     assert tuple(bb.strides) == (1, 2, 1, 1) and tuple(bb.dilations) == (1, 1, 2, 4)
     assert bb.contract_dilation is True
     assert bb.norm_cfg.type == 'SyncBN' and cfg.model.decode_head.norm_cfg.type == 'SyncBN'
-    assert bb.init_cfg.type == 'Pretrained' and bb.init_cfg.checkpoint.startswith('checkpoints/')
+    assert bb.init_cfg.type == 'Pretrained'
+    assert bb.init_cfg.checkpoint.startswith(f'checkpoints/{checkpoint}')
     if cls == 'ResNeSt':
         assert bb.avd_in_dilated_stages is True  # the official dilated network
     if cls == 'Res2Net':
@@ -115,9 +120,10 @@ def test_config_states_the_recipe(path):
 def test_config_builds_trains_a_step_and_infers_whole_and_slide(path):
     from mmengine.optim import OptimWrapper
     cfg = load(path)
-    cls, depth = EXPECTED[osp.basename(path)]
+    cls, depth, variant, _ = EXPECTED[osp.basename(path)]
     model = cpu_model(cfg)
     assert type(model.backbone).__name__ == cls and model.backbone.depth == depth
+    assert_same_architecture(model.backbone, variant)  # groups, widths, scales, stem
     assert model.backbone.out_strides == (4, 8, 8, 8)
     assert type(model.decode_head).__name__ == 'ASPPHead'
     assert type(model.auxiliary_head).__name__ == 'FCNHead'
@@ -144,8 +150,8 @@ def test_config_builds_trains_a_step_and_infers_whole_and_slide(path):
             out = model.test_step(data)[0]
         pred = out.pred_sem_seg.data
         assert pred.shape == (1, h, w)
-        assert 0 <= int(pred.min()) and int(pred.max()) < 150
         assert out.seg_logits.data.shape == (150, h, w)
+        assert torch.equal(pred[0], out.seg_logits.data.argmax(0))  # the per-pixel best class
         outputs[mode] = out.seg_logits.data
     # Sliding 48x48 windows over a 56x72 image is not one pass: the logits differ.
     assert not torch.allclose(outputs['whole'], outputs['slide'])

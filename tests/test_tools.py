@@ -65,6 +65,7 @@ def test_det_demo_trains_and_evaluates_with_coco_metric(trained):
     assert osp.isfile(osp.join(work, 'iter_4.pth'))
     # One process, BN instead of SyncBN is announced once (the demo is BN already: no warning).
     assert 'Iter(train) [4/4]' in out
+    assert 'SyncBN -> BN' not in out
 
 
 def test_resume_continues_at_the_saved_iteration(trained, coco_root):
