@@ -270,16 +270,18 @@ def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missin
 
 def load_pretrained(model: nn.Module, checkpoint: Union[str, dict],
                     prefix: Optional[str] = None,
-                    logger: Optional[Callable[[str], None]] = None) -> ConversionReport:
+                    logger: Optional[Callable[[str], None]] = None,
+                    map_location: Any = 'cpu') -> ConversionReport:
     """Load a checkpoint file (or an already loaded dict) of any supported layout into ``model``
-    strictly. See :func:`convert_state_dict` for the rules."""
+    strictly. See :func:`convert_state_dict` for the rules; ``map_location`` is ``torch.load``'s,
+    for a file or URL (the tensors are then copied into the model's own)."""
     if isinstance(checkpoint, str) and '://' in checkpoint:
         # URLs and open-mmlab:// style names go through mmengine's loaders (they download).
         from mmengine.runner import CheckpointLoader
         with torch.serialization.safe_globals(mmengine_safe_globals()):
-            state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+            state = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     elif isinstance(checkpoint, str):
-        state = safe_torch_load(checkpoint)
+        state = safe_torch_load(checkpoint, map_location=map_location)
     else:
         state = checkpoint
     converted, report = convert_state_dict(state, model, prefix=prefix)
@@ -334,8 +336,17 @@ def convert_file(src: str, dst: str, variant: str, overrides: Optional[dict] = N
         log: Where the progress and verification lines go.
     """
     from .models import build_backbone
+    from .report import check_output_file
     overrides = dict(overrides or {})
-    model = build_backbone(variant, **overrides)
+    ignored = sorted(set(overrides) & {'init_cfg', 'pretrained'})
+    if ignored:
+        raise ValueError(f'overrides {ignored} would not be used: the conversion reads only '
+                         f'src={src!r}')
+    check_output_file(dst, name='dst')
+    try:
+        model = build_backbone(variant, **overrides)
+    except TypeError as err:  # an argument the backbone does not take
+        raise ValueError(f'overrides={overrides!r}: {err}') from err
     if trust:
         raw = torch.load(src, map_location='cpu', weights_only=False)
     else:

@@ -1,6 +1,9 @@
 """Behaviour of the engine and every family, on tiny widths."""
 import copy
 import math
+import os.path as osp
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from resnest_mm.models.backbones import engine
 from resnest_mm.models.backbones.res2net import Res2NetBottleneck
 from resnest_mm.models.backbones.resnest import ResNeStBottleneck
 from resnest_mm.models.layers.spatial import SpatialConv2d
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # Tiny widths: every family, both stems, both shortcut kinds.
 TINY = {
@@ -270,11 +275,76 @@ def test_res2net_stage_pool_official_and_builtin():
                                 position='after_conv4')]), 'position', 'after_conv4'),
     (ResNet, dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=0.25),
                                 position='after_conv3', stages=(True,))]), 'stages', '(True,)'),
+    # Booleans are booleans: a string would count as True.
+    (ResNet, dict(contract_dilation='no'), 'contract_dilation', "'no'"),
+    (ResNet, dict(deep_stem='no'), 'deep_stem', "'no'"),
+    (ResNet, dict(norm_eval=1), 'norm_eval', '1'),
+    (ResNet, dict(with_cp='no'), 'with_cp', "'no'"),
+    (ResNeSt, dict(avd='no'), 'avd', "'no'"),
+    (Res2Net, dict(pool_first_stage=1), 'pool_first_stage', '1'),
+    (ResNet, dict(dcn=dict(type='DCN'), stage_with_dcn=(False, 'no', False, False)),
+     'stage_with_dcn', "'no'"),
+    (ResNet, dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=0.25),
+                                position='after_conv3', stages=('False',) * 4)]),
+     'stages', "'False'"),
+    (ResNeSt, dict(avd=False, avd_first=True), 'avd_first', 'avd=True'),
+    # DCN: a config no stage uses, or one beside a conv_cfg it would drop.
+    (ResNet, dict(dcn=dict(type='DCNv2')), 'stage_with_dcn', 'no stage uses it'),
+    (ResNet, dict(dcn=dict(type='DCNv2'), stage_with_dcn=(False, True, False, False),
+                  conv_cfg=dict(type='ConvWS')), 'conv_cfg', 'ConvWS'),
+    # Layer types that no registry holds, named before mmcv's builders fail without naming them.
+    (ResNet, dict(conv_cfg=dict(type='Cnov2d')), 'conv_cfg', "'Cnov2d'"),
+    (ResNet, dict(norm_cfg=dict(type='NB')), 'norm_cfg', "'NB'"),
+    (ResNet, dict(norm_cfg=dict(type='GN')), 'norm_cfg', 'num_groups'),
+    (ResNet, dict(dcn=dict(type='DCNv9'), stage_with_dcn=(False, True, True, True)), 'dcn',
+     "'DCNv9'"),
+    (ResNet, dict(plugins=[dict(cfg=dict(type='ContextBlokc'), position='after_conv3')]),
+     'plugins', "'ContextBlokc'"),
+    # Init configs that could only fail later, in init_weights().
+    (ResNet, dict(init_cfg=dict(type='Pretrained')), 'init_cfg', 'checkpoint=PATH'),
+    (ResNet, dict(init_cfg='foo'), 'init_cfg', "'foo'"),
+    (ResNet, dict(init_cfg=dict(checkpoint='a.pth')), 'init_cfg', "'type' key"),
+    (ResNet, dict(init_cfg=dict(type='Pretrained', checkpoint='a.pth', strict=False)),
+     'init_cfg', "['strict']"),
+    (ResNet, dict(init_cfg=[dict(type='Pretrained', checkpoint='a.pth'),
+                            dict(type='Pretrained', checkpoint='b.pth')]), 'init_cfg',
+     'at most one'),
+    (ResNet, dict(pretrained=123), 'pretrained', '123'),
 ])
 def test_bad_arguments_name_argument_and_value(cls, kwargs, arg, value):
     with pytest.raises(ValueError) as err:
         cls(**kwargs)
     assert arg in str(err.value) and value in str(err.value)
+
+
+def test_four_stage_dcn_default_fits_fewer_stages():
+    # MMDetection's default stage_with_dcn (four False) with num_stages=3, as it accepts it.
+    model = ResNet(depth=18, num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1),
+                   out_indices=(0, 1, 2))
+    assert model.stage_with_dcn == (False, False, False)
+
+
+def test_dcn_builds_in_a_fresh_process():
+    # mmcv registers DCN/DCNv2 only when mmcv.ops is imported (MMDetection does it; a script
+    # using our backbone alone may not).
+    code = ('import sys\n'
+            'from resnest_mm.models import ResNet\n'
+            "assert 'mmcv.ops' not in sys.modules\n"
+            "m = ResNet(depth=50, dcn=dict(type='DCNv2', deform_groups=1),\n"
+            '           stage_with_dcn=(False, True, False, False))\n'
+            'print(type(m.layer2[0].conv2).__name__)\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == 'ModulatedDeformConv2dPack'
+
+
+def test_zero_init_residual_follows_other_init_cfgs():
+    model = ResNet(depth=50, base_channels=8, init_cfg=[
+        dict(type='Kaiming', layer='Conv2d'), dict(type='Constant', val=1, layer='_BatchNorm')])
+    model.init_weights()
+    assert all(bool((b.bn3.weight == 0).all()) for layer in model.res_layers
+               for b in getattr(model, layer))
+    assert bool((model.layer1[0].bn1.weight == 1).all())
 
 
 def test_unknown_argument_is_not_ignored():

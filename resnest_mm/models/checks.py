@@ -1,7 +1,7 @@
 """Argument checks shared by the backbones: each failure names the argument, the value and what
 is allowed, so a wrong config fails at build time rather than deep inside a forward pass."""
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Optional
 
 
 def fail(owner: str, name: str, value: Any, allowed: str) -> None:
@@ -31,11 +31,22 @@ def check_int_seq(owner: str, name: str, value: Any, length: int, minimum: int,
     return tuple(value)
 
 
-def check_bool_seq(owner: str, name: str, value: Any, length: int, length_reason: str
-                   ) -> tuple[bool, ...]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != length:
-        fail(owner, name, value, f'expected {length} booleans ({length_reason})')
-    return tuple(bool(v) for v in value)
+def check_bool(owner: str, name: str, value: Any) -> None:
+    # Truthiness would read a string such as 'False' as True.
+    if not isinstance(value, bool):
+        fail(owner, name, value, 'expected True or False')
+
+
+def check_bool_seq(owner: str, name: str, value: Any, length: Optional[int],
+                   length_reason: str = '') -> tuple[bool, ...]:
+    """A sequence of booleans, of ``length`` values unless ``length`` is None."""
+    count = 'booleans' if length is None else f'{length} booleans ({length_reason})'
+    if (not isinstance(value, Sequence) or isinstance(value, str)
+            or (length is not None and len(value) != length)):
+        fail(owner, name, value, f'expected {count}')
+    if not all(isinstance(v, bool) for v in value):
+        fail(owner, name, value, f'expected {count}, each True or False')
+    return tuple(value)
 
 
 def check_cfg(owner: str, name: str, value: Any, optional: bool = True) -> None:
@@ -44,3 +55,21 @@ def check_cfg(owner: str, name: str, value: Any, optional: bool = True) -> None:
     if not isinstance(value, dict) or 'type' not in value:
         fail(owner, name, value, "expected a config dict with a 'type' key"
              + (' or None' if optional else ''))
+
+
+def check_layer_type(owner: str, name: str, cfg: dict) -> None:
+    """``cfg['type']`` names a layer that mmcv's builders will find (they look it up as done
+    here, in the current default scope and then mmengine's, and fail with a message that names
+    neither the argument nor the type)."""
+    import inspect
+    from mmengine.registry import MODELS
+    layer = cfg['type']
+    if inspect.isclass(layer):
+        return
+    with MODELS.switch_scope_and_registry(None) as registry:
+        found = registry.get(layer)
+    if found is None:
+        where = ('mmengine' if registry.scope == 'mmengine'
+                 else f'the {registry.scope!r} scope or mmengine')
+        fail(owner, name, cfg, f'no layer type {layer!r} is registered in {where} (misspelt, or '
+             'its package not imported?)')

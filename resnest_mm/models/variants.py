@@ -44,11 +44,22 @@ VARIANTS.update({
 
 
 def variant_config(name: str, **overrides: Any) -> dict:
-    """The registry config (``type='resnest_mm.X'`` plus arguments) of a named variant."""
+    """The registry config (``type='resnest_mm.X'`` plus arguments) of a named variant.
+
+    ``overrides`` add arguments; one that the variant itself sets may only repeat its value
+    (``depth=101`` for ``resnest50`` would be another network under the same name).
+    """
     if name not in VARIANTS:
         raise ValueError(f'variant={name!r} is not known; choose one of {sorted(VARIANTS)}')
     cls, kwargs = VARIANTS[name]
-    return dict(type=f'resnest_mm.{cls}', **kwargs, **overrides)
+    config = dict(type=f'resnest_mm.{cls}', **kwargs)
+    clash = {k: v for k, v in overrides.items() if k in config and config[k] != v}
+    if clash:
+        raise ValueError(f'variant={name!r} sets {", ".join(f"{k}={config[k]!r}" for k in clash)}; '
+                         f'the override {clash} would build another network; pick the variant '
+                         'that has it')
+    config.update(overrides)
+    return config
 
 
 def build_backbone(name: str, **overrides: Any):

@@ -15,7 +15,9 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checks import check_bool_seq, check_cfg, check_choice, check_int, check_int_seq, fail
+from ..checks import (check_bool, check_bool_seq, check_cfg, check_choice, check_int, check_int_seq,
+                      check_layer_type, fail)
+from ..layers.dcn import register_dcn
 from ..layers.fold import conv_norm, run_sequential
 from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, no_hooks, to_nchw
 from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv
@@ -27,6 +29,8 @@ ArchTable = dict[int, tuple[type[ResidualBlock], tuple[int, ...]]]
 
 #: Convs whose forward takes a weight in any memory layout.
 _PLAIN_CONVS = (nn.Conv2d, PointwiseConv2d, SpatialConv2d)
+#: Keys of ``init_cfg=dict(type='Pretrained', ...)``, all passed to the strict loader.
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
 
 
 def _forget_after_load(module: 'ResNetEngine', incompatible_keys: Any) -> None:
@@ -58,8 +62,11 @@ class ResNetEngine(BaseModule):
         norm_cfg: Config of the norm layers (BN, SyncBN, GN...).
         norm_eval: Keep every batch-norm layer in eval mode while training (statistics frozen).
         dcn: Config of a deformable conv for the 3x3 convs of the stages in ``stage_with_dcn``
-            (e.g. ``dict(type='DCNv2', deform_groups=1, fallback_on_stride=False)``).
-        stage_with_dcn: Which stages use ``dcn``.
+            (e.g. ``dict(type='DCNv2', deform_groups=1, fallback_on_stride=False)``); needs
+            ``conv_cfg=None``, as in MMDetection.
+        stage_with_dcn: Which stages use ``dcn``, one boolean per stage; with ``dcn`` at least
+            one must be True. Without ``dcn`` it may only hold False (of any length, so a base
+            config's four-stage default fits fewer stages).
         plugins: MMDetection-style plugins: dicts with ``cfg``, ``position`` (``after_conv1``,
             ``after_conv2`` or ``after_conv3``) and optionally ``stages`` (one bool per stage).
         with_cp: Recompute each block in the backward pass (saves memory, costs time).
@@ -75,9 +82,10 @@ class ResNetEngine(BaseModule):
             floating-point rounding. Stages with ``dcn`` need NCHW, so auto picks False there.
         pretrained: Deprecated; path of a checkpoint, same as
             ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads a checkpoint of
-            any supported layout strictly (see :mod:`resnest_mm.checkpoint`); other mmengine init
-            configs are applied as usual; None gives Kaiming init.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=..., map_location=...])``
+            loads a checkpoint of any supported layout strictly (see :mod:`resnest_mm.checkpoint`),
+            also as an entry of a list; other mmengine init configs are applied as usual, then
+            ``zero_init_residual``; None gives Kaiming init.
         block_kwargs: Family-specific block arguments (set by the family subclass).
     """
 
@@ -100,9 +108,12 @@ class ResNetEngine(BaseModule):
                  block_kwargs: Optional[dict] = None) -> None:
         owner = type(self).__name__
         if pretrained is not None:
+            if not isinstance(pretrained, str):
+                fail(owner, 'pretrained', pretrained, 'expected the path or URL of a checkpoint')
             if init_cfg is not None:
                 fail(owner, 'pretrained', pretrained, 'give either pretrained or init_cfg, not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        self._check_init_cfg(owner, init_cfg)
         super().__init__(init_cfg=init_cfg)
         norm_cfg = dict(type='BN', requires_grad=True) if norm_cfg is None else norm_cfg
 
@@ -129,10 +140,31 @@ class ResNetEngine(BaseModule):
         check_cfg(owner, 'conv_cfg', conv_cfg)
         check_cfg(owner, 'norm_cfg', norm_cfg, optional=False)
         check_cfg(owner, 'dcn', dcn)
-        stage_with_dcn = check_bool_seq(owner, 'stage_with_dcn', stage_with_dcn, n,
-                                        f'one per stage, num_stages={n}')
-        if any(stage_with_dcn) and dcn is None:
-            fail(owner, 'stage_with_dcn', stage_with_dcn, 'a stage uses DCN but dcn is None')
+        if dcn is None:
+            if any(check_bool_seq(owner, 'stage_with_dcn', stage_with_dcn, None)):
+                fail(owner, 'stage_with_dcn', stage_with_dcn, 'a stage uses DCN but dcn is None')
+            stage_with_dcn = (False,) * n
+        else:
+            stage_with_dcn = check_bool_seq(owner, 'stage_with_dcn', stage_with_dcn, n,
+                                            f'one per stage, num_stages={n}')
+            if not any(stage_with_dcn):
+                fail(owner, 'stage_with_dcn', stage_with_dcn,
+                     'dcn is set but no stage uses it; mark the stages with DCN True')
+            if conv_cfg is not None:
+                fail(owner, 'conv_cfg', conv_cfg, 'must be None with dcn (the 3x3 convs take '
+                     "dcn's config; MMDetection asserts the same)")
+            register_dcn()
+        for name, cfg in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg), ('dcn', dcn)):
+            if cfg is not None:
+                check_layer_type(owner, name, cfg)
+        if norm_cfg['type'] == 'GN' and 'num_groups' not in norm_cfg:
+            fail(owner, 'norm_cfg', norm_cfg, "GN needs num_groups, e.g. dict(type='GN', "
+                 'num_groups=32)')
+        for name, flag in (('deep_stem', deep_stem), ('avg_down', avg_down),
+                           ('norm_eval', norm_eval), ('with_cp', with_cp),
+                           ('zero_init_residual', zero_init_residual),
+                           ('contract_dilation', contract_dilation)):
+            check_bool(owner, name, flag)
         block, stage_blocks = self.arch_settings[depth]
         stage_blocks = stage_blocks[:n]
         if multi_grid is not None:
@@ -202,6 +234,26 @@ class ResNetEngine(BaseModule):
     # ----------------------------------------------------------------------------------------
     # Construction
     @staticmethod
+    def _check_init_cfg(owner: str, init_cfg: Any) -> None:
+        """Fail at build time, not in ``init_weights``, on an init config that cannot work."""
+        if init_cfg is None:
+            return
+        items = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+        if not items or not all(isinstance(c, dict) and 'type' in c for c in items):
+            fail(owner, 'init_cfg', init_cfg,
+                 "expected None, a config dict with a 'type' key, or a list of them")
+        pretrained = [c for c in items if c['type'] == 'Pretrained']
+        if len(pretrained) > 1:
+            fail(owner, 'init_cfg', init_cfg, "expected at most one 'Pretrained' entry")
+        for cfg in pretrained:
+            unknown = set(cfg) - set(PRETRAINED_KEYS)
+            if unknown:
+                fail(owner, 'init_cfg', cfg, f"keys {sorted(unknown)} are not used by "
+                     f"'Pretrained'; allowed: {', '.join(PRETRAINED_KEYS[1:])}")
+            if not isinstance(cfg.get('checkpoint'), str) or not cfg['checkpoint']:
+                fail(owner, 'init_cfg', cfg, "'Pretrained' needs checkpoint=PATH (a file or URL)")
+
+    @staticmethod
     def _split_plugins(owner: str, plugins: Optional[list], num_stages: int) -> list[list]:
         """Per stage, the plugins that apply to it, each as ``dict(cfg=..., position=...)``."""
         per_stage: list[list] = [[] for _ in range(num_stages)]
@@ -214,6 +266,8 @@ class ResNetEngine(BaseModule):
                      "'cfg', 'position', 'stages'")
             check_choice(owner, "plugins[...]['position']", plugin['position'],
                          ('after_conv1', 'after_conv2', 'after_conv3'))
+            check_cfg(owner, "plugins[...]['cfg']", plugin['cfg'], optional=False)
+            check_layer_type(owner, "plugins[...]['cfg']", plugin['cfg'])
             stages = plugin.get('stages')
             if stages is not None:
                 stages = check_bool_seq(owner, "plugins[...]['stages']", stages, num_stages,
@@ -333,18 +387,19 @@ class ResNetEngine(BaseModule):
     # ----------------------------------------------------------------------------------------
     # Initialisation
     def init_weights(self) -> None:
-        """Load ``init_cfg``'s checkpoint strictly, or initialise (Kaiming + zero-init residual)."""
+        """Load ``init_cfg``'s checkpoint strictly (a 'Pretrained' entry, alone or in a list),
+        or apply the other init configs, or initialise (Kaiming); then zero-init residual."""
         cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+        items = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg] if cfg else []
+        pretrained = next((c for c in items if c['type'] == 'Pretrained'), None)
+        if pretrained is not None:
+            # Strict and complete: any other entry would be overwritten, so none is applied.
             from ...checkpoint import load_pretrained
-            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
-            if unknown:
-                fail(type(self).__name__, 'init_cfg', cfg,
-                     f"keys {sorted(unknown)} are not used by 'Pretrained'; allowed: checkpoint, "
-                     'prefix, map_location')
-            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-        elif cfg:
+            load_pretrained(self, pretrained['checkpoint'], prefix=pretrained.get('prefix'),
+                            map_location=pretrained.get('map_location', 'cpu'))
+        elif items:
             super().init_weights()
+            self._zero_init_residual()
         else:
             self._default_init()
         self._is_init = True
@@ -366,8 +421,13 @@ class ResNetEngine(BaseModule):
                 nn.init.zeros_(offset.weight)
                 if offset.bias is not None:
                     nn.init.zeros_(offset.bias)
-            if self.zero_init_residual and hasattr(m, 'zero_init_last'):
-                m.zero_init_last()
+        self._zero_init_residual()
+
+    def _zero_init_residual(self) -> None:
+        if self.zero_init_residual:
+            for m in self.modules():
+                if hasattr(m, 'zero_init_last'):
+                    m.zero_init_last()
 
     # ----------------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:

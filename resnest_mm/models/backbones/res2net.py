@@ -6,7 +6,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 
 from ...registry import MODELS
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from ..layers.dcn import conv_or_dcn_cfg
 from ..layers.fold import conv_norm
 from ..layers.spatial import build_spatial_conv
@@ -102,6 +102,7 @@ class Res2Net(ResNetEngine):
         owner = type(self).__name__
         check_int(owner, 'scales', scales, 2)
         check_int(owner, 'base_width', base_width, 1)
+        check_bool(owner, 'pool_first_stage', pool_first_stage)
         if kwargs.get('style', 'pytorch') != 'pytorch':
             raise ValueError(f"{owner}: style={kwargs['style']!r} is not valid; Res2Net "
                              "strides its 3x3 convs, expected 'pytorch'.")

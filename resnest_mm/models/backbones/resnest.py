@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from ...registry import MODELS
-from ..checks import check_int
+from ..checks import check_bool, check_int, fail
 from ..layers import SplitAttentionConv2d
 from ..layers.pool import ShapeOnlyAvgPool2d
 from .blocks import Bottleneck, mid_channels
@@ -117,6 +117,11 @@ class ResNeSt(ResNetEngine):
         check_int(owner, 'groups', groups, 1)
         check_int(owner, 'base_width', base_width, 1)
         check_int(owner, 'reduction_factor', reduction_factor, 1)
+        for name, flag in (('avd', avd), ('avd_first', avd_first),
+                           ('avd_in_dilated_stages', avd_in_dilated_stages)):
+            check_bool(owner, name, flag)
+        if avd_first and not avd:
+            fail(owner, 'avd_first', avd_first, 'it places the avd pool, so it needs avd=True')
         if kwargs.get('style', 'pytorch') != 'pytorch':
             raise ValueError(f"{owner}: style={kwargs['style']!r} is not valid; ResNeSt "
                              "strides its 3x3 part, expected 'pytorch'.")

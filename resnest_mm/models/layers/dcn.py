@@ -2,6 +2,12 @@
 from typing import Optional
 
 
+def register_dcn() -> None:
+    """Register mmcv's deformable convs (DCN, DCNv2) in its conv registry: importing mmcv.ops
+    does it. MMDetection imports it; a script that builds our backbone alone may not have."""
+    import mmcv.ops  # noqa: F401
+
+
 def conv_or_dcn_cfg(conv_cfg: Optional[dict], dcn: Optional[dict], stride: int
                     ) -> Optional[dict]:
     """The conv config for a 3x3 conv that may be deformable.
@@ -13,4 +19,5 @@ def conv_or_dcn_cfg(conv_cfg: Optional[dict], dcn: Optional[dict], stride: int
         return conv_cfg
     if dcn.get('fallback_on_stride', False) and stride > 1:
         return conv_cfg
+    register_dcn()
     return {k: v for k, v in dcn.items() if k != 'fallback_on_stride'}
