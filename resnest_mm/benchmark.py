@@ -599,12 +599,21 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def check_specs(specs: Sequence[NetworkSpec]) -> None:
+    """At least one network, each once (implementations are matched to networks by label)."""
+    if not specs:
+        raise ValueError('specs is empty; give at least one network')
+    labels = [s.label for s in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f'networks {twice} are given more than once; give each once')
+
+
 def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
                   progress: bool = True) -> BenchmarkResult:
     """Build every network's implementations and measure them in one interleaved run."""
     settings.check()
-    if not specs:
-        raise ValueError('specs is empty; give at least one network')
+    check_specs(specs)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
@@ -868,6 +877,12 @@ def save_json(result: BenchmarkResult, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:
         json.dump(to_json(result), f, indent=2)
+
+
+def chart_formats() -> list[str]:
+    """The file extensions :func:`save_chart` can write (matplotlib's savefig formats)."""
+    from matplotlib.figure import Figure
+    return sorted(Figure().canvas.get_supported_filetypes())
 
 
 def save_chart(result: BenchmarkResult, path: str) -> None:

@@ -1,6 +1,34 @@
-"""Small pieces the command-line tools share: a Markdown table and a progress bar."""
+"""Small pieces the command-line tools share: a Markdown table, a progress bar and a check of
+an output file's path."""
+import os
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
+
+
+def check_output_file(path: str, *, name: str, extensions: Optional[Sequence[str]] = None
+                      ) -> None:
+    """Fail before a long run, not after it, when its output file could not be written.
+
+    Args:
+        path: The file to be written (its folders are made when missing).
+        name: The argument or flag that gave it, for the message.
+        extensions: Allowed extensions without the dot (None: any).
+
+    Raises:
+        ValueError: ``path`` is a folder, lies under a file, or has another extension.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f'{name}={path!r} is a folder; expected the path of a file')
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f'{name}={path!r} cannot be written: {parent!r} is a file, not a folder')
+    if extensions is not None:
+        ext = os.path.splitext(path)[1].lstrip('.').lower()
+        if ext not in extensions:
+            raise ValueError(f'{name}={path!r}: the extension {ext or "(none)"!r} is not one of '
+                             f'{", ".join(sorted(extensions))}')
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -72,6 +72,11 @@ def _select(rows: list[RunRow], keys: Optional[Sequence[str]],
             raise ValueError(f'tables={list(tables)!r}: {bad} unknown; choose from {sorted(TABLES)}')
         rows = [r for r in rows if r.table in tables]
     if keys:
+        for k in keys:
+            try:
+                re.compile(k)
+            except re.error as err:
+                raise ValueError(f'rows: {k!r} is not a regular expression ({err})') from None
         picked = [r for r in rows if any(re.search(k, r.key) for k in keys)]
         if not picked:
             raise ValueError(f'rows={list(keys)!r} match no row; rows: {[r.key for r in rows]}')

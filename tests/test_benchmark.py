@@ -209,11 +209,43 @@ def test_unknown_network():
         bm.resolve_spec('nope.py')
 
 
-def test_cli_writes_markdown_json_and_png(tmp_path, capsys):
+def _cli():
     spec = importlib.util.spec_from_file_location('benchmark_cli',
                                                   os.path.join(ROOT, 'tools', 'benchmark.py'))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--fast', '--iters', '7'], 'give either --fast or --iters/--warmup'),
+    (['resnet18'], "networks ['resnet18'] are given more than once"),
+    (['--json', '{tmp}'], "--json='{tmp}' is a folder"),
+    (['--png', '{tmp}/chart.xyz'], "the extension 'xyz' is not one of"),
+    (['--batch', '0'], 'batch=0 is not valid'),
+])
+def test_cli_refuses_bad_arguments_before_running(tmp_path, capsys, args, message):
+    tmp = str(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        _cli().main(['resnet18', *[a.format(tmp=tmp) for a in args], '--no-progress'])
+    assert err.value.code == 2
+    assert message.format(tmp=tmp) in capsys.readouterr().err
+
+
+def test_check_output_file(tmp_path):
+    from resnest_mm.report import check_output_file
+    check_output_file(str(tmp_path / 'new' / 'deeper' / 'out.json'), name='out')  # made later
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(ValueError, match=r"out=.*: .*file' is a file, not a folder"):
+        check_output_file(str(tmp_path / 'file' / 'out.json'), name='out')
+    with pytest.raises(ValueError, match='is a folder'):
+        check_output_file(str(tmp_path), name='out')
+    with pytest.raises(ValueError, match="'txt' is not one of png, svg"):
+        check_output_file(str(tmp_path / 'a.txt'), name='out', extensions=['png', 'svg'])
+
+
+def test_cli_writes_markdown_json_and_png(tmp_path, capsys):
+    cli = _cli()
     out_json, out_png = tmp_path / 'b.json', tmp_path / 'b.png'
     cli.main(['resnet18', '--fast', '--size', '32', '--peers', 'mmdet', '--threads', '1',
               '--mode', 'infer', '--no-progress', '--json', str(out_json), '--png', str(out_png)])

@@ -8,9 +8,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from resnest_mm.checkpoint import (CheckpointMismatchError, convert_state_dict, load_pretrained,
-                                   safe_torch_load)
-from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt, build_backbone
+from resnest_mm.checkpoint import (CheckpointMismatchError, convert_file, convert_state_dict,
+                                   load_pretrained, safe_torch_load)
+from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt, build_backbone, variant_config
 from resnest_mm.registry import MODELS
 
 from .conftest import randomize_norms
@@ -149,6 +149,31 @@ def test_init_cfg_pretrained_through_the_registry(tmp_path):
             type='Pretrained', checkpoint=str(tmp_path / 'nope.pth')))).init_weights()
 
 
+def test_pretrained_in_an_init_cfg_list_loads_strictly(tmp_path):
+    src = tiny_resnest()
+    randomize_norms(src)
+    state = src.state_dict()
+    torch.save(state, tmp_path / 'full.pth')
+    torch.save({k: v for k, v in state.items() if not k.startswith('layer4.')},
+               tmp_path / 'partial.pth')
+    seen = []
+
+    def where(storage, location):  # map_location reaches torch.load
+        seen.append(location)
+        return storage
+
+    model = tiny_resnest(init_cfg=[dict(type='Kaiming', layer='Conv2d'), dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'full.pth'), map_location=where)])
+    model.init_weights()
+    assert_same_weights(src, model)
+    assert seen
+    # In a list too, a checkpoint that does not fit fails instead of leaving layer4 random.
+    bad = tiny_resnest(init_cfg=[dict(type='Kaiming', layer='Conv2d'), dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'partial.pth'))])
+    with pytest.raises(CheckpointMismatchError, match='layer4'):
+        bad.init_weights()
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ('echo pwned',))
@@ -159,6 +184,24 @@ def test_safe_load_refuses_arbitrary_objects(tmp_path):
     torch.save({'state_dict': {}, 'meta': _Evil()}, path)
     with pytest.raises(pickle.UnpicklingError, match='not safe'):
         safe_torch_load(str(path))
+
+
+@pytest.mark.parametrize('overrides, dst, message', [
+    (dict(depth=101), 'out.pth', r"sets depth=50; the override \{'depth': 101\}"),
+    (dict(foo=1), 'out.pth', "unexpected keyword argument 'foo'"),
+    (dict(pretrained='x.pth'), 'out.pth', r"\['pretrained'\] would not be used"),
+    (dict(init_cfg=None), 'out.pth', r"\['init_cfg'\] would not be used"),
+    ({}, '.', 'is a folder'),
+])
+def test_convert_file_refuses_overrides_and_paths_it_cannot_use(tmp_path, overrides, dst,
+                                                                message):
+    src = tmp_path / 'src.pth'
+    torch.save(ResNeSt(depth=50).state_dict(), src)
+    with pytest.raises(ValueError, match=message):
+        convert_file(str(src), str(tmp_path / dst), 'resnest50', overrides)
+    assert sorted(os.listdir(tmp_path)) == ['src.pth']
+    # Repeating a value the variant sets is no clash.
+    assert variant_config('resnest50', depth=50) == variant_config('resnest50')
 
 
 def test_convert_tool_verifies_against_official(tmp_path):

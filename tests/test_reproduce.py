@@ -100,6 +100,22 @@ def test_commands_skip_finished_and_resume_unfinished():
     assert 'resume' not in stages('cascade_rcnn_resnest50')[0][1]  # failed, no checkpoint
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--collect-only', '--dry-run'], 'give one'),
+    (['--demo-iters', '5', '--dry-run'], '--demo-iters only applies with --demo'),
+    (['--demo-dir', 'configs/demo', '--demo-iters', '5'], 'and --demo-iters only apply with'),
+    (['--demo', '--gpus', '4', '--dry-run'], '--gpus applies to the full-scale rows'),
+    (['--rows', '(', '--dry-run'], "rows: '(' is not a regular expression"),
+    (['--rows', 'no_such_row', '--dry-run'], "match no row"),
+])
+def test_cli_refuses_arguments_it_would_ignore_or_cannot_use(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as err:
+        _cli().main([*args, '--work-root', str(tmp_path)])
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # nothing was run or written
+
+
 def test_dry_run_prints_every_full_scale_command(tmp_path, capsys):
     _cli().main(['--dry-run', '--work-root', str(tmp_path), '--gpus', '2'])
     out = capsys.readouterr().out.splitlines()

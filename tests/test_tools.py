@@ -198,6 +198,18 @@ def test_data_error_message_drops_a_worker_traceback():
     assert data_error_message(LabelMapError('plain')) == 'plain'
 
 
+def test_make_demo_data_errors_are_one_line(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    proc = run_tool('tools/make_demo_data.py', '--kind', 'coco', '--root', str(blocker))
+    assert proc.returncode == 1 and f"cannot write '{blocker}/demo_coco'" in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    proc = run_tool('tools/make_demo_data.py', '--kind', 'ade', '--num-train', '0', '--root',
+                    str(tmp_path))
+    assert proc.returncode == 2 and 'num_train' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
 def test_config_that_cannot_merge_is_one_clear_error(tmp_path):
     cfg = tmp_path / 'bad_merge.py'
     cfg.write_text(f"_base_ = {osp.join(ROOT, DET_DEMO)!r}\n"

@@ -14,17 +14,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnest_mm.benchmark import (BenchmarkSettings, render_markdown, resolve_spec,  # noqa: E402
-                                  run_benchmark, save_chart, save_json)
+from resnest_mm.benchmark import (BenchmarkSettings, chart_formats, check_specs,  # noqa: E402
+                                  render_markdown, resolve_spec, run_benchmark, save_chart,
+                                  save_json)
+from resnest_mm.report import check_output_file  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('networks', nargs='+', help='variant names (resnest50, ...) or config files')
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--size', type=int, default=224, help='input height and width')
-    p.add_argument('--iters', type=int, default=10, help='timed repetitions')
-    p.add_argument('--warmup', type=int, default=3, help='warm-up repetitions')
+    p.add_argument('--iters', type=int, default=None, help='timed repetitions (default 10)')
+    p.add_argument('--warmup', type=int, default=None, help='warm-up repetitions (default 3)')
     p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     p.add_argument('--amp', action='store_true',
                    help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
@@ -41,19 +43,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--fast', action='store_true',
                    help='1 warm-up and 3 timed repetitions (smoke tests, not figures to quote)')
     p.add_argument('--no-progress', action='store_true')
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fast and (args.iters is not None or args.warmup is not None):
+        parser.error('--fast sets 3 timed and 1 warm-up repetitions; give either --fast or '
+                     '--iters/--warmup')
+    fast = dict(iters=3, warmup=1) if args.fast else dict(iters=10, warmup=3)
     peers = tuple(p for p in args.peers.split(',') if p and p != 'none')
-    settings = BenchmarkSettings(
-        batch=args.batch, size=args.size, iters=3 if args.fast else args.iters,
-        warmup=1 if args.fast else args.warmup, device=args.device, amp=args.amp,
-        channels_last=args.channels_last,
-        modes=('infer', 'train') if args.mode == 'both' else (args.mode,), peers=peers,
-        threads=args.threads, compile=args.compile)
-    specs = [resolve_spec(n) for n in args.networks]
+    try:
+        settings = BenchmarkSettings(
+            batch=args.batch, size=args.size,
+            iters=fast['iters'] if args.iters is None else args.iters,
+            warmup=fast['warmup'] if args.warmup is None else args.warmup, device=args.device,
+            amp=args.amp, channels_last=args.channels_last,
+            modes=('infer', 'train') if args.mode == 'both' else (args.mode,), peers=peers,
+            threads=args.threads, compile=args.compile)
+        settings.check()
+        specs = [resolve_spec(n) for n in args.networks]
+        check_specs(specs)
+        if args.json:
+            check_output_file(args.json, name='--json')
+        if args.png:
+            check_output_file(args.png, name='--png', extensions=chart_formats())
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     result = run_benchmark(specs, settings, progress=not args.no_progress)
     print(render_markdown(result))
     if args.json:

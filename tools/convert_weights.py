@@ -43,11 +43,14 @@ def main(argv=None) -> int:
             parser.error(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
         overrides[key] = parse_value(value)
+    import pickle
     from resnest_mm.checkpoint import CheckpointMismatchError, convert_file
     try:
         convert_file(args.src, args.dst, args.variant, overrides, prefix=args.prefix,
                      verify=args.verify, trust=args.trust)
-    except (CheckpointMismatchError, FileNotFoundError) as err:
+    except ValueError as err:  # bad arguments: --variant with --set, dst
+        parser.error(str(err))
+    except (CheckpointMismatchError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     return 0

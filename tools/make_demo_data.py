@@ -44,6 +44,9 @@ def main(argv=None) -> int:
         except ValueError as err:
             print(f'error: {err}', file=sys.stderr)
             return 2
+        except OSError as err:  # e.g. --root is a file, or a folder that cannot be written
+            print(f'error: cannot write {root!r}: {err}', file=sys.stderr)
+            return 1
         print(f'wrote {root}')
     return 0
 

@@ -20,7 +20,7 @@ from resnest_mm.reproduce import (REPO_ROOT, collect, demo_rows, full_rows,  # n
                                   render_markdown, run_rows, write_outputs)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--demo', action='store_true',
                    help='run the demo configs (configs/demo) with tiny schedules on this machine')
@@ -36,26 +36,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='default work_dirs/reproduce (work_dirs/reproduce_demo with --demo)')
     p.add_argument('--out', default=None, help='folder of results.{md,json,png} '
                    '(default: the work root)')
-    p.add_argument('--demo-dir', default=os.path.join(REPO_ROOT, 'configs', 'demo'))
-    p.add_argument('--demo-iters', type=int, default=20,
-                   help='training iterations of each demo row')
+    p.add_argument('--demo-dir', default=None,
+                   help='with --demo: folder of the demo configs (default: configs/demo)')
+    p.add_argument('--demo-iters', type=int, default=None,
+                   help='with --demo: training iterations of each demo row (default: 20)')
     p.add_argument('--no-progress', action='store_true')
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.collect_only and args.dry_run:
+        parser.error('--collect-only runs nothing and --dry-run prints the commands; give one')
+    if not args.demo:
+        given = [flag for flag, value in (('--demo-dir', args.demo_dir),
+                                          ('--demo-iters', args.demo_iters)) if value is not None]
+        if given:
+            verb = 'applies' if len(given) == 1 else 'apply'
+            parser.error(f'{" and ".join(given)} only {verb} with --demo')
+    elif args.gpus is not None:
+        parser.error('--gpus applies to the full-scale rows; --demo runs each row in one '
+                     'process on this machine')
     if args.gpus is not None and args.gpus < 1:
-        raise SystemExit(f'--gpus={args.gpus} is not valid; expected an integer >= 1')
-    if args.demo_iters < 1:
-        raise SystemExit(f'--demo-iters={args.demo_iters} is not valid; expected >= 1')
+        parser.error(f'--gpus={args.gpus} is not valid; expected an integer >= 1')
+    demo_iters = 20 if args.demo_iters is None else args.demo_iters
+    if demo_iters < 1:
+        parser.error(f'--demo-iters={demo_iters} is not valid; expected >= 1')
     root = args.work_root or os.path.join(
         'work_dirs', 'reproduce_demo' if args.demo else 'reproduce')
-    if args.demo:
-        rows = demo_rows(args.demo_dir, root, iters=args.demo_iters, keys=args.rows,
-                         tables=args.tables)
-    else:
-        rows = full_rows(args.rows, args.tables)
+    try:
+        if args.demo:
+            rows = demo_rows(args.demo_dir or os.path.join(REPO_ROOT, 'configs', 'demo'), root,
+                             iters=demo_iters, keys=args.rows, tables=args.tables)
+        else:
+            rows = full_rows(args.rows, args.tables)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     if args.gpus is not None:
         rows = [dataclasses.replace(row, gpus=args.gpus) for row in rows]
     if not args.collect_only:
