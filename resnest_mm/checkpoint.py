@@ -21,8 +21,9 @@ import os
 import pickle
 import re
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -70,6 +71,20 @@ def mmengine_safe_globals() -> list:
     return allowed
 
 
+@contextmanager
+def _mmengine_types_allowed() -> Iterator[None]:
+    """Allow :func:`mmengine_safe_globals` for ``torch.load(weights_only=True)`` inside the block.
+
+    Only those not allowed already are added and then removed: torch's ``safe_globals`` context
+    removes its whole list on exit, which would undo a process-wide ``add_safe_globals`` (the
+    tools make one so that mmengine's own loading can read its checkpoints).
+    """
+    allowed = torch.serialization.get_safe_globals()
+    extra = [g for g in mmengine_safe_globals() if g not in allowed]
+    with torch.serialization.safe_globals(extra):
+        yield
+
+
 def safe_torch_load(path: str, map_location: Any = 'cpu') -> Any:
     """``torch.load`` with ``weights_only=True`` plus the few mmengine/numpy types its checkpoints
     contain (torch >= 2.6 refuses them by default). Arbitrary pickled objects stay refused.
@@ -80,7 +95,7 @@ def safe_torch_load(path: str, map_location: Any = 'cpu') -> Any:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
+    with _mmengine_types_allowed():
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:
@@ -278,7 +293,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, dict],
     if isinstance(checkpoint, str) and '://' in checkpoint:
         # URLs and open-mmlab:// style names go through mmengine's loaders (they download).
         from mmengine.runner import CheckpointLoader
-        with torch.serialization.safe_globals(mmengine_safe_globals()):
+        with _mmengine_types_allowed():
             state = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     elif isinstance(checkpoint, str):
         state = safe_torch_load(checkpoint, map_location=map_location)

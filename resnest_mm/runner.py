@@ -26,7 +26,7 @@ from mmengine.config import Config, DictAction  # noqa: F401  DictAction for the
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from .checkpoint import mmengine_safe_globals
+from .checkpoint import CheckpointMismatchError, mmengine_safe_globals, safe_torch_load
 from .det_checks import AnnotationError
 from .seg_checks import LabelMapError
 
@@ -34,9 +34,26 @@ from .seg_checks import LabelMapError
 TOOLBOXES = {'mmdet': 'mmdet.utils', 'mmseg': 'mmseg.utils'}
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'TorchSyncBN')
-#: Errors in the user's data that the data sets and pipelines find while the runner reads them;
-#: the tools report them as one message (:func:`data_error_message`), exit status 2.
-DATA_ERRORS = (AnnotationError, LabelMapError)
+#: Top-level config keys that mmengine's Runner (or these tools) read; any other top-level
+#: name is a variable of the config file, already substituted where the file uses it.
+RUNNER_KEYS = frozenset((
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler', 'val_evaluator',
+    'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor', 'load_from', 'resume',
+    'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer', 'default_scope',
+    'randomness', 'experiment_name', 'runner_type', 'model_wrapper_cfg',
+    'find_unused_parameters', 'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
+    'custom_imports', 'tta_model', 'tta_pipeline'))
+
+
+class RunSetupError(ValueError):
+    """The run cannot be set up from the config: a component refuses its arguments."""
+
+
+#: Errors in the user's config, data or checkpoints found after the config was read, while the
+#: runner is built or reads its data; the tools report them as one message
+#: (:func:`run_error_message`), exit status 2.
+RUN_ERRORS = (AnnotationError, LabelMapError, CheckpointMismatchError, RunSetupError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,6 +88,25 @@ def _work_dir(config: str, cfg: Config, work_dir: Optional[str]) -> str:
     return osp.join('work_dirs', osp.splitext(osp.basename(config))[0])
 
 
+def check_cfg_options(cfg: Mapping, cfg_options: Mapping) -> None:
+    """Refuse ``--cfg-options`` keys that would be merged and then ignored: a top-level name the
+    config does not have and the runner does not read (``trian_cfg.max_iters``), or a variable of
+    the config file (``max_iters``, ``data_root``), which is substituted where the file uses it
+    before any option is applied."""
+    for key in cfg_options:
+        top = str(key).split('.')[0]
+        if top in RUNNER_KEYS:
+            continue
+        if top not in cfg:
+            raise ValueError(f'--cfg-options {key}: the config has no {top!r} and the runner '
+                             f'does not read it (misspelt? top-level keys: '
+                             f'{", ".join(sorted(k for k in cfg if k in RUNNER_KEYS))})')
+        raise ValueError(f'--cfg-options {key}: {top!r} is a variable of the config file, '
+                         'already substituted where the file uses it, so changing it changes '
+                         'nothing; override the entries that use it (e.g. train_cfg.max_iters, '
+                         'train_dataloader.dataset.data_root)')
+
+
 def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
                 work_dir: Optional[str] = None, resume: Optional[str] = None,
                 amp: bool = False, launcher: str = 'none', load_from: Optional[str] = None
@@ -102,9 +138,13 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
     for name, path in (('resume', resume), ('checkpoint', load_from)):
         if path not in (None, 'auto') and not osp.isfile(path):
             raise FileNotFoundError(f'{name} checkpoint {path!r} does not exist')
+    if work_dir is not None and not work_dir:
+        raise ValueError("work_dir='' is empty; give a folder, or leave it out for "
+                         'work_dirs/<config name>')
     try:
         cfg = Config.fromfile(config)
         if cfg_options:
+            check_cfg_options(cfg, cfg_options)
             cfg.merge_from_dict(dict(cfg_options))
     except (TypeError, KeyError, SyntaxError, NameError, AssertionError) as err:
         # mmengine's message is precise; the traceback through its merge code is not.
@@ -112,7 +152,17 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
                          f'cannot be read: {type(err).__name__}: {err}') from err
     register_toolbox(toolbox_of(cfg))
     cfg.work_dir = _work_dir(config, cfg, work_dir)
+    if osp.exists(cfg.work_dir) and not osp.isdir(cfg.work_dir):
+        raise ValueError(f'work_dir {cfg.work_dir!r} is a file; expected a folder')
     cfg.launcher = launcher
+    given = cfg.get('load_from')
+    if given and (resume is not None or load_from is not None):
+        # mmengine would take one of the two checkpoints and drop the other without a word.
+        other = '--resume' if resume is not None else 'the checkpoint to test'
+        raise ValueError(f'load_from={given!r} (from the config or --cfg-options) and {other} '
+                         'both name a checkpoint; give one')
+    if given and '://' not in given and not osp.isfile(given):
+        raise FileNotFoundError(f'load_from checkpoint {given!r} does not exist')
     if resume is not None:
         cfg.resume = True
         cfg.load_from = None if resume == 'auto' else resume
@@ -389,9 +439,87 @@ def build_runner(cfg: Config):
     return Runner.from_cfg(cfg)
 
 
+def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> None:
+    """Fail unless ``path`` holds exactly ``model``'s parameters and buffers, by name and shape.
+
+    mmengine loads a model's weights non-strictly: a checkpoint of another network, or one with
+    keys missing, only logs a warning and leaves the rest randomly initialised.
+
+    Raises:
+        CheckpointMismatchError: The file cannot be read as a checkpoint, or does not fit; the
+            message lists the missing, unexpected and wrongly shaped keys.
+    """
+    from mmengine.model import is_model_wrapper
+    try:
+        ckpt = safe_torch_load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # a truncated, empty or foreign file, or unsafe pickled objects
+        raise CheckpointMismatchError(f'{what} {path!r} cannot be read as a checkpoint: '
+                                      f'{type(err).__name__}: {err}') from err
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise CheckpointMismatchError(f'{what} {path!r} holds no state dict')
+    # mmengine strips a DDP 'module.' prefix when it loads.
+    have = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    module = model.module if is_model_wrapper(model) else model
+    want = module.state_dict()
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    wrong = [f'{k}: {tuple(have[k].shape)} in the file, {tuple(want[k].shape)} in the model'
+             for k in sorted(set(want) & set(have))
+             if hasattr(have[k], 'shape') and tuple(have[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f'{len(items)} {name}: {", ".join(items[:5])}' + (' ...' if len(items) > 5 else '')
+                 for name, items in (('missing', missing), ('unexpected', unexpected),
+                                     ('wrongly shaped', wrong)) if items]
+        raise CheckpointMismatchError(
+            f'{what} {path!r} does not fit the model of this config ({"; ".join(parts)}). It '
+            'was not loaded: the unmatched weights would have stayed random. Is it a checkpoint '
+            'of this config?')
+
+
+def _setup(cfg: Config, *, mode: str):
+    """The runner with its train or test loop built (data sets and evaluators included), so that
+    a component refusing its arguments fails before any work, as :class:`RunSetupError`."""
+    try:
+        runner = build_runner(cfg)
+        loop = runner.train_loop if mode == 'train' else runner.test_loop  # built here
+    except (TypeError, ValueError, KeyError) as err:
+        if isinstance(err, RUN_ERRORS):
+            raise
+        raise RunSetupError(f'the {mode} run cannot be set up from the config: '
+                            f'{type(err).__name__}: {err}') from err
+    if mode == 'train' and getattr(loop, 'max_iters', 1) < 1:
+        raise RunSetupError(f'train_cfg={cfg.train_cfg.to_dict()!r}: nothing to train; '
+                            'max_iters (or max_epochs) must be >= 1')
+    return runner
+
+
+def _checkpoint_to_load(cfg: Config, runner) -> Optional[str]:
+    """The file mmengine's ``load_or_resume`` will read, if any."""
+    if cfg.get('resume'):
+        if cfg.get('load_from'):
+            return cfg.load_from
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(runner.work_dir)
+        if latest is None:
+            print_log(f'--resume: no checkpoint in {runner.work_dir!r}; training starts from '
+                      'the beginning', logger='current', level=30)
+        return latest
+    return cfg.get('load_from') or None
+
+
 def train(cfg: Config) -> dict:
-    """Train (and validate as configured); returns the last validation metrics (may be empty)."""
-    runner = build_runner(cfg)
+    """Train (and validate as configured); returns the last validation metrics (may be empty).
+
+    A checkpoint to resume from or to start from (``load_from``) must fit the model exactly.
+    """
+    runner = _setup(cfg, mode='train')
+    path = _checkpoint_to_load(cfg, runner)
+    if path is not None and '://' not in path:
+        check_checkpoint_fits(runner.model, path, what='resume' if cfg.get('resume')
+                              else 'load_from')
     recorder = MetricsRecorder()
     runner.register_hook(recorder)
     runner.train()
@@ -411,14 +539,18 @@ def test(cfg: Config, *, checkpoint: str) -> dict:
     """Evaluate ``checkpoint`` on the test data; returns the metrics."""
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
+    if cfg.get('load_from') and cfg.load_from != checkpoint:
+        raise RunSetupError(f'load_from={cfg.load_from!r} (from the config or --cfg-options) '
+                            f'would be ignored: the checkpoint to test is {checkpoint!r}')
     cfg.load_from = checkpoint
     cfg.resume = False
-    runner = build_runner(cfg)
+    runner = _setup(cfg, mode='test')
+    check_checkpoint_fits(runner.model, checkpoint, what='checkpoint')
     return runner.test()
 
 
-def data_error_message(err: BaseException) -> str:
-    """The message of one of :data:`DATA_ERRORS`, without the traceback text that PyTorch puts
+def run_error_message(err: BaseException) -> str:
+    """The message of one of :data:`RUN_ERRORS`, without the traceback text that PyTorch puts
     in front of it when a DataLoader worker process raised it (the error is re-raised in the
     main process with the worker's whole traceback as its message)."""
     text = str(err)

@@ -1,4 +1,5 @@
-"""The runner's GPU-dependent decisions, tested on CPU by stating what CUDA would report."""
+"""The runner's GPU-dependent decisions, tested on CPU by stating what CUDA would report, and
+its checks of options and checkpoints before a run starts."""
 import os.path as osp
 
 import pytest
@@ -61,3 +62,66 @@ def test_shutdown_distributed_destroys_the_process_group(tmp_path):
     assert dist.is_initialized()
     rr.shutdown_distributed()
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize('key, message', [
+    ('trian_cfg.max_iters', "the config has no 'trian_cfg' and the runner does not read it"),
+    ('data_root', "'data_root' is a variable of the config file, already substituted"),
+])
+def test_cfg_options_that_would_be_ignored_are_refused(key, message):
+    with pytest.raises(ValueError, match=message):
+        rr.load_config(CONFIG, cfg_options={key: 1})
+    # Keys the runner reads may be new to the config.
+    cfg = rr.load_config(CONFIG, cfg_options={'randomness.seed': 3, 'train_cfg.max_epochs': 2})
+    assert cfg.randomness.seed == 3 and cfg.train_cfg.max_epochs == 2
+
+
+def test_work_dir_and_checkpoint_options_are_checked(tmp_path):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    with pytest.raises(ValueError, match='is a file; expected a folder'):
+        rr.load_config(CONFIG, work_dir=str(a_file))
+    with pytest.raises(ValueError, match="work_dir='' is empty"):
+        rr.load_config(CONFIG, work_dir='')
+    with pytest.raises(FileNotFoundError, match='load_from checkpoint .*nope.pth'):
+        rr.load_config(CONFIG, cfg_options={'load_from': str(tmp_path / 'nope.pth')})
+    # Two checkpoints named: mmengine would silently take one.
+    with pytest.raises(ValueError, match='both name a checkpoint'):
+        rr.load_config(CONFIG, cfg_options={'load_from': str(a_file)}, resume='auto')
+
+
+def test_checkpoint_must_fit_the_model(tmp_path):
+    from resnest_mm.checkpoint import CheckpointMismatchError
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    path = str(tmp_path / 'c.pth')
+    state = dict(model.state_dict())
+    # A DDP prefix is fine (mmengine strips it), as in mmengine's own checkpoints.
+    torch.save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, path)
+    rr.check_checkpoint_fits(model, path, what='checkpoint')
+    bad = dict(state, extra=torch.zeros(1))
+    del bad['1.running_var']
+    bad['0.weight'] = torch.zeros(4, 3, 5, 5)
+    torch.save({'state_dict': bad}, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        rr.check_checkpoint_fits(model, path, what='checkpoint')
+    text = str(err.value)
+    assert '1 missing: 1.running_var' in text and '1 unexpected: extra' in text
+    assert '0.weight: (4, 3, 5, 5) in the file, (4, 3, 3, 3) in the model' in text
+    (tmp_path / 'text.pth').write_text('not a checkpoint')
+    with pytest.raises(CheckpointMismatchError, match='cannot be read as a checkpoint'):
+        rr.check_checkpoint_fits(model, str(tmp_path / 'text.pth'), what='checkpoint')
+
+
+def test_safe_loading_keeps_process_wide_allowances(tmp_path):
+    from resnest_mm.checkpoint import safe_torch_load
+    before = torch.serialization.get_safe_globals()
+    try:
+        rr.enable_safe_checkpoint_loading()
+        allowed = torch.serialization.get_safe_globals()
+        torch.save({'a': torch.zeros(1)}, tmp_path / 'x.pth')
+        safe_torch_load(str(tmp_path / 'x.pth'))
+        # torch's safe_globals context removes its list on exit; ours must not undo the tools'.
+        assert torch.serialization.get_safe_globals() == allowed
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)

@@ -89,6 +89,43 @@ def test_test_tool_prints_metrics_of_a_saved_checkpoint(trained, coco_root, tmp_
     assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', proc.stdout)
 
 
+def test_a_checkpoint_that_does_not_fit_is_not_loaded(trained, coco_root, tmp_path):
+    import torch
+    work, _ = trained
+    ckpt = torch.load(osp.join(work, 'iter_4.pth'), map_location='cpu', weights_only=False)
+    ckpt['state_dict'] = {k: v for k, v in ckpt['state_dict'].items()
+                          if not k.startswith('rpn_head.')}
+    partial = str(tmp_path / 'partial.pth')
+    torch.save(ckpt, partial)
+    # mmengine would load the rest, warn, and evaluate or train with a random RPN head.
+    for args in (['tools/test.py', DET_DEMO, partial, '--work-dir', str(tmp_path / 't')],
+                 ['tools/train.py', DET_DEMO, '--resume', partial, '--work-dir',
+                  str(tmp_path / 'r')]):
+        proc = run_tool(*args, *tiny_det(coco_root, 6))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"{partial!r} does not fit the model of this config" in proc.stderr
+        assert 'missing: rpn_head.' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('option, message', [
+    ('train_cfg.max_itres=1', "cannot be set up from the config: TypeError: .*'max_itres'"),
+    ('train_cfg.max_iters=0', 'nothing to train'),
+    ('max_iters=1', "'max_iters' is a variable of the config file"),
+])
+def test_config_options_that_cannot_work_are_one_clear_error(coco_root, tmp_path, option,
+                                                            message):
+    proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', str(tmp_path / 'w'),
+                    *tiny_det(coco_root, 2), option)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr) and 'Traceback' not in proc.stderr
+
+
+def test_dist_scripts_check_the_process_count():
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', DET_DEMO, '--work-dir', 'x'], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and 'GPUS=--work-dir is not valid' in proc.stderr
+
+
 def test_test_tool_names_a_missing_checkpoint(tmp_path):
     missing = str(tmp_path / 'nope.pth')
     proc = run_tool('tools/test.py', DET_DEMO, missing)
@@ -183,9 +220,9 @@ def test_out_of_range_label_map_is_one_clear_error(tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
-def test_data_error_message_drops_a_worker_traceback():
+def test_run_error_message_drops_a_worker_traceback():
     from torch._utils import ExceptionWrapper
-    from resnest_mm.runner import data_error_message
+    from resnest_mm.runner import run_error_message
     from resnest_mm.seg_checks import LabelMapError
     try:
         raise LabelMapError("label map 'x.png' is not valid:\n  a second line")
@@ -194,8 +231,8 @@ def test_data_error_message_drops_a_worker_traceback():
     with pytest.raises(LabelMapError) as info:
         wrapped.reraise()  # what the DataLoader does in the main process
     assert 'Original Traceback' in str(info.value)
-    assert data_error_message(info.value) == "label map 'x.png' is not valid:\n  a second line"
-    assert data_error_message(LabelMapError('plain')) == 'plain'
+    assert run_error_message(info.value) == "label map 'x.png' is not valid:\n  a second line"
+    assert run_error_message(LabelMapError('plain')) == 'plain'
 
 
 def test_make_demo_data_errors_are_one_line(tmp_path):

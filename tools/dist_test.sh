@@ -12,6 +12,11 @@ CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
 shift 3
+if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: GPUS=$GPUS is not valid; expected a number of processes >= 1" \
+         "(usage: $0 CONFIG CHECKPOINT GPUS [test.py options...])" >&2
+    exit 2
+fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-${MASTER_PORT:-29500}}

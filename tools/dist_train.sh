@@ -11,6 +11,11 @@ fi
 CONFIG=$1
 GPUS=$2
 shift 2
+if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: GPUS=$GPUS is not valid; expected a number of processes >= 1" \
+         "(usage: $0 CONFIG GPUS [train.py options...])" >&2
+    exit 2
+fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-${MASTER_PORT:-29500}}

@@ -51,8 +51,8 @@ def main(argv=None) -> int:
         return 2
     try:
         metrics = rr.test(cfg, checkpoint=args.checkpoint)
-    except rr.DATA_ERRORS as err:
-        print(f'error: {rr.data_error_message(err)}', file=sys.stderr)
+    except rr.RUN_ERRORS as err:
+        print(f'error: {rr.run_error_message(err)}', file=sys.stderr)
         return 2
     finally:
         rr.shutdown_distributed()

@@ -50,8 +50,8 @@ def main(argv=None) -> int:
         return 2
     try:
         metrics = rr.train(cfg)
-    except rr.DATA_ERRORS as err:
-        print(f'error: {rr.data_error_message(err)}', file=sys.stderr)
+    except rr.RUN_ERRORS as err:
+        print(f'error: {rr.run_error_message(err)}', file=sys.stderr)
         return 2
     finally:
         rr.shutdown_distributed()
