@@ -118,13 +118,17 @@ def _segmentation_problem(seg: Any) -> Optional[str]:
     return f'segmentation must be a list of polygons or an RLE dict (got {type(seg).__name__})'
 
 
-def coco_problems(data: Any, *, classes: Optional[Sequence[str]] = None) -> list[str]:
+def coco_problems(data: Any, *, classes: Optional[Sequence[str]] = None,
+                  need_masks: bool = False) -> list[str]:
     """Everything that would break MMDetection's ``CocoDataset`` or ``CocoMetric`` in a parsed
     COCO instance annotation file (at most a few of each kind).
 
     Args:
         data: The parsed JSON.
-        classes: The class names the config asks for; each must be a category of the file.
+        classes: The class names the config asks for; each must be a category of the file, in
+            the file's order of categories (``CocoDataset`` numbers labels in that order).
+        need_masks: The pipeline loads masks: every annotation that is not a crowd needs a
+            polygon or RLE ``segmentation``.
 
     Returns:
         One line per problem; empty when the file is usable.
@@ -185,28 +189,44 @@ def coco_problems(data: Any, *, classes: Optional[Sequence[str]] = None) -> list
                    'and width, height >= 0')
         elif not _number(ann['area']):
             report('annotations', i, ann, '"area" must be a number')
+        elif ann.get('iscrowd') not in (0, 1) or isinstance(ann.get('iscrowd'), bool):
+            # CocoMetric (pycocotools) reads it for every annotation.
+            report('annotations', i, ann, 'needs "iscrowd": 0 or 1')
+        elif need_masks and not ann['iscrowd'] and not ann.get('segmentation'):
+            report('annotations', i, ann, 'needs a "segmentation" (polygons or RLE): the '
+                   'pipeline loads masks')
         elif ann.get('segmentation') is not None and (
                 problem := _segmentation_problem(ann['segmentation'])):
             report('annotations', i, ann, problem)
         else:
             ann_ids.add(ann['id'])
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f'category names {repeated} are given to more than one id; CocoDataset '
+                        'maps names to labels, so the boxes of all but one id would have none')
     if classes is not None:
         absent = [c for c in classes if c not in names]
+        in_file_order = [n for n in names if n in classes]
         if absent:
             problems.append(f'classes {absent} of the config are not categories of the file '
                             f'(it has {names[:20]}{" ..." if len(names) > 20 else ""}); set '
                             'metainfo=dict(classes=...) to names the file uses')
+        elif not repeated and in_file_order != list(classes):
+            problems.append(f'classes {tuple(classes)} of the config are not in the order of '
+                            f'the file\'s categories {tuple(in_file_order)}: CocoDataset numbers '
+                            'labels in the file\'s order, so predictions and metrics would carry '
+                            'the wrong names; list the classes in that order')
     return problems
 
 
-def check_coco_annotations(data: Any, *, path: str, classes: Optional[Sequence[str]] = None
-                           ) -> None:
+def check_coco_annotations(data: Any, *, path: str, classes: Optional[Sequence[str]] = None,
+                           need_masks: bool = False) -> None:
     """Raise if parsed COCO annotations cannot be used (see :func:`coco_problems`).
 
     Raises:
         AnnotationError: Naming ``path`` and the first problems found.
     """
-    problems = coco_problems(data, classes=classes)
+    problems = coco_problems(data, classes=classes, need_masks=need_masks)
     if problems:
         shown = '\n'.join(f'  {p}' for p in problems[:_SHOWN])
         more = f'\n  ... and {len(problems) - _SHOWN} more' if len(problems) > _SHOWN else ''

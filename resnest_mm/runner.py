@@ -51,9 +51,10 @@ class RunSetupError(ValueError):
 
 
 #: Errors in the user's config, data or checkpoints found after the config was read, while the
-#: runner is built or reads its data; the tools report them as one message
+#: runner is built or reads its data (a data set's missing files included); the tools report them as one message
 #: (:func:`run_error_message`), exit status 2.
-RUN_ERRORS = (AnnotationError, LabelMapError, CheckpointMismatchError, RunSetupError)
+RUN_ERRORS = (AnnotationError, LabelMapError, CheckpointMismatchError, RunSetupError,
+              FileNotFoundError)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -137,3 +137,62 @@ def test_dataset_bases_read_coco_files_through_their_pipelines(tmp_path, base, w
         if split == 'train_dataloader':
             assert len(sample.gt_instances) > 0
             assert hasattr(sample.gt_instances, 'masks') == with_mask
+
+
+def _checked_coco(tmp_path, edit, *, base='coco_detection', split='train_dataloader',
+                  classes=('circle', 'square', 'triangle')):
+    """CheckedCocoDataset over 3 demo training images whose annotation file ``edit`` changed."""
+    import json
+    from mmdet.registry import DATASETS
+    from mmengine.registry import DefaultScope
+    from mmengine.utils import import_modules_from_strings
+    from resnest_mm.demo_data import make_demo_coco
+    from resnest_mm.runner import register_toolbox
+    root = tmp_path / 'coco'
+    make_demo_coco(str(root), num_train=3, num_val=2, size=64)
+    ann = root / 'annotations' / 'instances_train2017.json'
+    data = json.loads(ann.read_text())
+    edit(data, root)
+    ann.write_text(json.dumps(data))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'datasets', f'{base}.py'))
+    register_toolbox('mmdet')
+    import_modules_from_strings(['resnest_mm.datasets.coco'])
+    ds_cfg = cfg[split].dataset
+    ds_cfg.update(data_root=str(root) + '/', ann_file='annotations/instances_train2017.json',
+                  data_prefix=dict(img='train2017/'), metainfo=dict(classes=classes))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return DATASETS.build(ds_cfg)
+
+
+def _drop(key):
+    def edit(data, root):
+        for ann in data['annotations']:
+            ann.pop(key)
+    return edit
+
+
+@pytest.mark.parametrize('edit, kwargs, error, message', [
+    # CocoDataset numbers labels in the file's category order: another order mislabels.
+    (lambda d, r: None, dict(classes=('triangle', 'circle', 'square')), 'AnnotationError',
+     r"not in the order of the file's categories \('circle', 'square', 'triangle'\)"),
+    (lambda d, r: d['categories'].append(dict(id=9, name='circle')), {}, 'AnnotationError',
+     r"category names \['circle'\] are given to more than one id"),
+    (_drop('iscrowd'), {}, 'AnnotationError', r'needs "iscrowd": 0 or 1'),
+    (_drop('segmentation'), dict(base='coco_instance'), 'AnnotationError',
+     r'needs a "segmentation" \(polygons or RLE\): the pipeline loads masks'),
+    (lambda d, r: os.remove(r / 'train2017' / d['images'][1]['file_name']), {},
+     'FileNotFoundError', r'1 of the 3 images that .* lists do not exist, e\.g\. \[.*\.jpg'),
+    (lambda d, r: d['annotations'].clear(), {}, 'AnnotationError',
+     r'none of the 3 images of .* is left after filtering'),
+])
+def test_coco_files_that_would_mislabel_or_fail_later_are_refused(tmp_path, edit, kwargs,
+                                                                  error, message):
+    with pytest.raises(Exception) as err:
+        _checked_coco(tmp_path, edit, **kwargs)
+    assert type(err.value).__name__ == error and re.search(message, str(err.value)), err.value
+    assert 'instances_train2017.json' in str(err.value)
+
+
+def test_boxes_only_need_no_segmentation(tmp_path):
+    dataset = _checked_coco(tmp_path, _drop('segmentation'))
+    assert len(dataset) == 3 and len(dataset[0]['data_samples'].gt_instances) > 0

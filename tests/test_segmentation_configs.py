@@ -272,6 +272,17 @@ def test_out_of_range_label_names_the_file(tmp_path, bad, message):
         assert '16 pixels' in str(err.value)
 
 
+def test_label_map_of_another_size_is_refused_with_its_name(tmp_path):
+    from mmseg.registry import DATASETS
+    from resnest_mm.seg_checks import LabelMapError
+    cfg = load(CONFIGS[0])
+    write_ade_tree(str(tmp_path), labels={'small': np.ones((20, 24), np.uint8)})  # images 40x48
+    for loader in ('train_dataloader', 'val_dataloader'):
+        dataset = DATASETS.build(dataset_cfg(cfg, str(tmp_path), loader=loader))
+        with pytest.raises(LabelMapError, match=r"small\.png' is \(20, 24\) .* is \(40, 48\)"):
+            dataset[0]
+
+
 def test_colour_label_map_is_refused_with_its_name(tmp_path):
     from mmseg.registry import DATASETS
     from resnest_mm.seg_checks import LabelMapError

@@ -220,6 +220,18 @@ def test_out_of_range_label_map_is_one_clear_error(tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+def test_a_missing_label_map_is_one_clear_error(tmp_path):
+    from resnest_mm.demo_data import make_demo_ade
+    root = str(tmp_path / 'demo_ade')
+    make_demo_ade(root, num_train=2, num_val=1, size=64)
+    os.remove(osp.join(root, 'annotations', 'training', 'demo_00001.png'))
+    options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')]
+    proc = run_tool('tools/train.py', SEG_DEMO, '--work-dir', str(tmp_path / 'w'),
+                    '--cfg-options', *options)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert '1 of 2 images have no label map' in proc.stderr and 'Traceback' not in proc.stderr
+
+
 def test_run_error_message_drops_a_worker_traceback():
     from torch._utils import ExceptionWrapper
     from resnest_mm.runner import run_error_message

@@ -5,7 +5,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.datasets import ADE20KDataset
 
 from ..models.checks import check_int
-from ..seg_checks import ADE20K_HELP, check_label_map, check_seg_dirs
+from ..seg_checks import ADE20K_HELP, LabelMapError, check_label_map, check_seg_dirs
 from .registry import DATASETS, TRANSFORMS
 
 
@@ -50,8 +50,8 @@ class CheckedADE20KDataset(ADE20KDataset):
 
 @TRANSFORMS.register_module()
 class CheckSegLabels(BaseTransform):
-    """Pipeline step after ``LoadAnnotations``: the label map holds only class ids and the
-    ignore index, else a ``ValueError`` names the file.
+    """Pipeline step after ``LoadAnnotations``: the label map has its image's size and holds only
+    class ids and the ignore index, else a ``ValueError`` names the file.
 
     Without it an out-of-range id crashes the loss deep inside a CUDA kernel (no file named) or,
     in evaluation, is silently dropped from the confusion counts. The check is a vectorised
@@ -73,9 +73,19 @@ class CheckSegLabels(BaseTransform):
         if 'gt_seg_map' not in results:
             raise KeyError('CheckSegLabels: no gt_seg_map in the results; put it after '
                            'LoadAnnotations in the pipeline.')
-        check_label_map(results['gt_seg_map'], path=results.get('seg_map_path', '<in memory>'),
-                        num_classes=self.num_classes, ignore_index=self.ignore_index,
+        path = results.get('seg_map_path', '<in memory>')
+        seg = results['gt_seg_map']
+        check_label_map(seg, path=path, num_classes=self.num_classes,
+                        ignore_index=self.ignore_index,
                         reduce_zero_label=bool(results.get('reduce_zero_label')))
+        # As loaded, or resized with the image (test pipelines resize the image only).
+        shapes = {tuple(results[k][:2]) for k in ('ori_shape', 'img_shape') if k in results}
+        if shapes and tuple(seg.shape[:2]) not in shapes:
+            # Resizing and cropping would misalign them; IoUMetric fails without a file name.
+            raise LabelMapError(f'label map {path!r} is {tuple(seg.shape[:2])} (height, width) '
+                                f'but its image {results.get("img_path", "")!r} is '
+                                f'{tuple(results.get("ori_shape", ())[:2])}; a label map must '
+                                'have its image\'s size')
         return results
 
     def __repr__(self) -> str:

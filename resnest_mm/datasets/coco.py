@@ -7,7 +7,7 @@ import os.path as osp
 from mmdet.datasets import CocoDataset
 from mmengine.fileio import get_local_path
 
-from ..det_checks import COCO_HELP, check_coco_annotations, load_coco_json
+from ..det_checks import COCO_HELP, AnnotationError, check_coco_annotations, load_coco_json
 from .registry import DATASETS
 
 
@@ -23,8 +23,11 @@ class CheckedCocoDataset(CocoDataset):
       value ``CocoDataset``/``CocoMetric`` cannot use (ids that do not resolve, a ``bbox`` that is
       not four numbers, a malformed polygon...),
     * a class of ``metainfo`` is not a category of the file (``CocoDataset`` would silently drop
-      all its boxes),
-    * no image is left.
+      all its boxes), or the classes are not in the file's order of categories (labels would
+      carry the wrong names), or two categories share a name,
+    * the pipeline loads masks and an annotation that is not a crowd has no segmentation,
+    * an image file it lists does not exist,
+    * no image is listed, or none is left after ``filter_cfg``.
 
     The file is read once: the validated dict is handed to the COCO API. Everything else is
     ``CocoDataset``'s.
@@ -40,7 +43,9 @@ class CheckedCocoDataset(CocoDataset):
                                     f'exist. {COCO_HELP}')
         with get_local_path(self.ann_file, backend_args=self.backend_args) as local_path:
             data = load_coco_json(local_path)
-        check_coco_annotations(data, path=self.ann_file, classes=self.metainfo['classes'])
+        need_masks = any(getattr(t, 'with_mask', False) for t in self.pipeline.transforms)
+        check_coco_annotations(data, path=self.ann_file, classes=self.metainfo['classes'],
+                               need_masks=need_masks)
         coco = type(self).COCOAPI()
         coco.dataset = data
         coco.createIndex()
@@ -56,4 +61,20 @@ class CheckedCocoDataset(CocoDataset):
         if not data_list:
             raise FileNotFoundError(f'{type(self).__name__}: {self.ann_file!r} lists no image. '
                                     f'{COCO_HELP}')
+        if not self.backend_args:
+            # Found here, not at the first read of each image in the middle of a run.
+            missing = [d['img_path'] for d in data_list if not osp.isfile(d['img_path'])]
+            if missing:
+                raise FileNotFoundError(
+                    f'{type(self).__name__}: {len(missing)} of the {len(data_list)} images that '
+                    f'{self.ann_file!r} lists do not exist, e.g. {missing[:3]}')
         return data_list
+
+    def filter_data(self) -> list:
+        kept = super().filter_data()
+        if not kept and not self.test_mode:
+            raise AnnotationError(
+                f'{type(self).__name__}: none of the {len(self.data_list)} images of '
+                f'{self.ann_file!r} is left after filtering (filter_cfg={self.filter_cfg}): no '
+                f'image has a usable box of the classes {tuple(self.metainfo["classes"])}')
+        return kept
