@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -683,10 +684,11 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
 # Ratios
 def _base_depth_resnet(result: BenchmarkResult, network: str) -> Optional[str]:
     """The ResNet of the same depth in this run, the reference of the FLOP-ratio check."""
-    digits = ''.join(c for c in network.split('_')[0] if c.isdigit())
-    if not digits or network.startswith('resnet'):
+    # The depth follows the family name: res2net50 is 50 deep, faster_rcnn_resnest50_fpn too.
+    match = re.search(r'res(?:net|next|nest|2net)(\d+)', network)
+    if match is None or network.startswith('resnet'):
         return None
-    candidate = f'resnet{digits}'
+    candidate = f'resnet{match.group(1)}'
     return candidate if candidate in result.networks else None
 
 

@@ -299,9 +299,10 @@ def collect_row(work_dir: str, key: Optional[str] = None) -> RowResult:
             elif 'loss' in entry:
                 unit = plan[0] if plan else 'iter'
                 trained_to = max(trained_to, int(entry.get(unit, entry.get('step', 0)) or 0))
+                test = {}  # a test run before this training run tested an older checkpoint
         result = _read_json(os.path.join(ts_dir, os.path.basename(ts_dir) + '.json'))
         if isinstance(result, dict) and _metrics_of(result):
-            test = _metrics_of(result)  # newest test run wins
+            test = _metrics_of(result)  # the newest test run after the last training run wins
     trained = bool(plan and done and done[0] == plan[0] and done[1] >= plan[1])
     unit = plan[0] if plan else (done[0] if done else 'iter')
     progress_done = done[1] if done and done[0] == unit else trained_to

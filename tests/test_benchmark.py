@@ -87,6 +87,16 @@ def test_ratios_come_from_the_same_run(result):
     assert rounds[0] <= q1 <= q3 <= rounds[-1]
 
 
+@pytest.mark.parametrize('network, reference', [
+    ('res2net50', 'resnet50'), ('res2net101', 'resnet101'), ('resnext50_32x4d', 'resnet50'),
+    ('faster_rcnn_resnest50_fpn', 'resnet50'), ('resnet50', None), ('resnest269', None),
+])
+def test_flop_ratio_reference_is_the_resnet_of_the_same_depth(network, reference):
+    from types import SimpleNamespace
+    run = SimpleNamespace(networks=['resnet50', 'resnet101', network])
+    assert bm._base_depth_resnet(run, network) == reference
+
+
 def test_paired_quartiles_pair_rounds_not_sorted_times():
     # Round by round the peer takes twice as long, while a drift spreads both series: the
     # per-round ratio has no spread, which quartiles of the separate series would not show.

@@ -47,6 +47,36 @@ def test_collect_row_states(key, status, metrics, detail):
     assert detail in res.detail if detail else res.detail == ''
 
 
+def test_published_schedules_and_toolbox_references():
+    # REFERENCE.md: the PyTorch-Encoding / GluonCV recipe is 120 epochs; MMSegmentation's 160k.
+    for key in ('resnet50', 'resnet101', 'resnest50', 'resnest101'):
+        row = pr.row(f'deeplabv3_{key}_ade20k')
+        assert row.published.schedule == '120 ep'
+        assert all(ref.schedule == '160k' for ref in row.also)
+    # MMDetection's Cascade Mask R-CNN S-50 / S-101, like its other ResNeSt rows.
+    assert pr.row('cascade_mask_rcnn_resnest50').also[0].values == {'bbox_mAP': 45.4,
+                                                                    'segm_mAP': 39.5}
+    assert pr.row('cascade_mask_rcnn_resnest101').also[0].values == {'bbox_mAP': 47.7,
+                                                                     'segm_mAP': 41.4}
+
+
+def test_a_test_run_before_the_last_training_run_does_not_count(tmp_path):
+    work = tmp_path / 'faster_rcnn_resnest50'
+    shutil.copytree(os.path.join(RUNS, 'faster_rcnn_resnest50'), work)
+    # A test of an intermediate checkpoint, run before the training that finished the row.
+    early = work / '20231231_120000'
+    early.mkdir()
+    (early / '20231231_120000.json').write_text('{"coco/bbox_mAP": 0.352}')
+    res = rp.collect_row(str(work))
+    assert res.detail == 'final validation' and res.metrics['bbox_mAP'] == pytest.approx(42.1)
+    # A test after it is the row's result.
+    late = work / '20240102_120000'
+    late.mkdir()
+    (late / '20240102_120000.json').write_text('{"coco/bbox_mAP": 0.425}')
+    res = rp.collect_row(str(work))
+    assert res.detail == 'test' and res.metrics['bbox_mAP'] == pytest.approx(42.5)
+
+
 def test_tables_side_by_side_with_published_numbers():
     rows = rp.full_rows()
     text = rp.render_markdown(rows, rp.collect(rows, RUNS))
