@@ -26,7 +26,8 @@ from mmengine.config import Config, DictAction  # noqa: F401  DictAction for the
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from .checkpoint import CheckpointMismatchError, mmengine_safe_globals, safe_torch_load
+from .checkpoint import (CheckpointMismatchError, mmengine_safe_globals, safe_torch_load,
+                         unwrap_state_dict)
 from .det_checks import AnnotationError
 from .seg_checks import LabelMapError
 
@@ -458,11 +459,10 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
     except Exception as err:  # a truncated, empty or foreign file, or unsafe pickled objects
         raise CheckpointMismatchError(f'{what} {path!r} cannot be read as a checkpoint: '
                                       f'{type(err).__name__}: {err}') from err
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise CheckpointMismatchError(f'{what} {path!r} holds no state dict')
-    # mmengine strips a DDP 'module.' prefix when it loads.
-    have = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    try:
+        have = unwrap_state_dict(ckpt)  # without DDP's 'module.' prefix, as mmengine loads it
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(f'{what} {path!r}: {err}') from err
     module = model.module if is_model_wrapper(model) else model
     want = module.state_dict()
     missing = sorted(set(want) - set(have))

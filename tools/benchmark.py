@@ -52,13 +52,13 @@ def main(argv=None) -> None:
     if args.fast and (args.iters is not None or args.warmup is not None):
         parser.error('--fast sets 3 timed and 1 warm-up repetitions; give either --fast or '
                      '--iters/--warmup')
-    fast = dict(iters=3, warmup=1) if args.fast else dict(iters=10, warmup=3)
+    default = dict(iters=3, warmup=1) if args.fast else dict(iters=10, warmup=3)
     peers = tuple(p for p in args.peers.split(',') if p and p != 'none')
     try:
         settings = BenchmarkSettings(
             batch=args.batch, size=args.size,
-            iters=fast['iters'] if args.iters is None else args.iters,
-            warmup=fast['warmup'] if args.warmup is None else args.warmup, device=args.device,
+            iters=default['iters'] if args.iters is None else args.iters,
+            warmup=default['warmup'] if args.warmup is None else args.warmup, device=args.device,
             amp=args.amp, channels_last=args.channels_last,
             modes=('infer', 'train') if args.mode == 'both' else (args.mode,), peers=peers,
             threads=args.threads, compile=args.compile)

@@ -33,6 +33,13 @@ _PLAIN_CONVS = (nn.Conv2d, PointwiseConv2d, SpatialConv2d)
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
 
 
+def _init_entries(init_cfg: Any) -> list:
+    """``init_cfg`` as the list of its entries (mmengine takes one dict or a list of them)."""
+    if isinstance(init_cfg, (list, tuple)):
+        return list(init_cfg)
+    return [init_cfg] if init_cfg else []
+
+
 def _forget_after_load(module: 'ResNetEngine', incompatible_keys: Any) -> None:
     # A module-level function, not a lambda: the backbone stays picklable (torch.save(model)).
     module._forget_arranged_params()
@@ -238,7 +245,7 @@ class ResNetEngine(BaseModule):
         """Fail at build time, not in ``init_weights``, on an init config that cannot work."""
         if init_cfg is None:
             return
-        items = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+        items = _init_entries(init_cfg)
         if not items or not all(isinstance(c, dict) and 'type' in c for c in items):
             fail(owner, 'init_cfg', init_cfg,
                  "expected None, a config dict with a 'type' key, or a list of them")
@@ -389,8 +396,7 @@ class ResNetEngine(BaseModule):
     def init_weights(self) -> None:
         """Load ``init_cfg``'s checkpoint strictly (a 'Pretrained' entry, alone or in a list),
         or apply the other init configs, or initialise (Kaiming); then zero-init residual."""
-        cfg = self.init_cfg
-        items = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg] if cfg else []
+        items = _init_entries(self.init_cfg)
         pretrained = next((c for c in items if c['type'] == 'Pretrained'), None)
         if pretrained is not None:
             # Strict and complete: any other entry would be overwritten, so none is applied.
