@@ -1,19 +1,11 @@
-# Mask R-CNN, FPN, ResNet-101 baseline: plain 7x7 stem, torchvision's ImageNet weights. The
-# paper's recipe: SyncBN in backbone, FPN and heads (4conv1fc box head); mask training scales:
-# shorter side in {640, 672, ..., 800}, 800 at test; 1x schedule; 16 images per iteration (8 GPUs
-# x 2). ImageNet weights: resnet101-63fe2227.pth (where to get it: configs/README.md) in
-# checkpoints/,
-# or elsewhere with
+# Mask R-CNN, FPN, ResNet-101 baseline: the ResNet-50 baseline's recipe, input convention and
+# style='caffe' (see mask_rcnn_resnet50_fpn.py) with MSRA's ResNet-101 (detectron2's R-101.pkl).
+# ImageNet weights: resnet101_msra-6cc46731.pth (where to get it: configs/README.md) in
+# checkpoints/, or elsewhere with
 #   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-_base_ = [
-    '_base_/models/mask_rcnn_fpn_4conv1fc_syncbn.py',
-    '_base_/datasets/coco_instance.py',
-    '_base_/schedules/schedule_1x.py',
-    '_base_/default_runtime.py',
-]
+_base_ = './mask_rcnn_resnet50_fpn.py'
 model = dict(
     backbone=dict(
-        type='resnest_mm.ResNet',
         depth=101,
         init_cfg=dict(type='Pretrained',
-                      checkpoint='checkpoints/resnet101-63fe2227.pth')))
+                      checkpoint='checkpoints/resnet101_msra-6cc46731.pth')))

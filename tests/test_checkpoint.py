@@ -84,6 +84,20 @@ def test_plain_stem_layouts_torchvision_and_original_res2net():
     assert_same_weights(r2, r2b)
 
 
+def test_msra_caffe_resnet_file_layout_loads(tmp_path):
+    # The detection baselines' ImageNet file (MMDetection's conversion of detectron2's R-50.pkl):
+    # torchvision names under 'state_dict', BN statistics 0/1 (folded into the affine), no counters.
+    src = ResNet(depth=50, base_channels=8, style='caffe')
+    randomize_norms(src)
+    state = OrderedDict((k, v) for k, v in src.state_dict().items()
+                        if not k.endswith('num_batches_tracked'))
+    path = tmp_path / 'resnet50_msra.pth'
+    torch.save({'state_dict': state}, path)
+    dst = ResNet(depth=50, base_channels=8, style='caffe')
+    assert load_pretrained(dst, str(path), **QUIET).layout == 'plain-stem'
+    assert_same_weights(src, dst)
+
+
 def test_old_checkpoints_without_bn_counters_load():
     src = tiny_resnest()
     randomize_norms(src)

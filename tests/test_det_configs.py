@@ -78,6 +78,16 @@ def test_full_config_recipe_builds_and_steps(path):
     variant = re.search(r'_(res(?:net|nest|next|2net)\w*?)_fpn\.py$', path).group(1)
     checkpoint = raw.model.backbone.init_cfg.checkpoint
     assert re.fullmatch(rf'checkpoints/{variant}[-_].*\.pth', checkpoint), checkpoint
+    # Each row's ImageNet weights with the input convention they were trained on: MSRA's caffe
+    # ResNets (the paper's detectron2 baselines) take BGR minus the mean; the others RGB, scaled.
+    pre, caffe = raw.model.data_preprocessor, bool(re.search(r'_resnet\d', path))
+    assert raw.model.backbone.get('style', 'pytorch') == ('caffe' if caffe else 'pytorch')
+    assert bool(re.search(r'_msra-\w+\.pth$', checkpoint)) == caffe, checkpoint
+    if caffe:
+        assert (pre.mean, pre.std, pre.bgr_to_rgb) == ([103.53, 116.28, 123.675], [1.0] * 3, False)
+    else:
+        assert (pre.mean, pre.std, pre.bgr_to_rgb) == (
+            [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], True)
     assert raw.train_dataloader.dataset.data_root == 'data/coco/'
     assert raw.train_dataloader.batch_size * 8 == 16 and raw.optim_wrapper.optimizer.lr == 0.02
     resize = raw.train_dataloader.dataset.pipeline[2]
@@ -98,6 +108,8 @@ def test_full_config_recipe_builds_and_steps(path):
     assert type(model.backbone).__module__.startswith('resnest_mm.')
     assert_same_architecture(model.backbone, variant)  # depth, groups, widths, scales
     assert model.backbone.out_channels == (256, 512, 1024, 2048)
+    assert model.backbone.layer2[0].conv1_stride == (2 if caffe else 1)
+    assert model.data_preprocessor.mean.flatten().tolist() == pytest.approx(pre.mean)
     model.init_weights()
     with_mask = 'mask' in path
     data = _batch(64, with_mask, n=2)  # BN in the attention needs 2 values per channel

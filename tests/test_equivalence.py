@@ -113,10 +113,11 @@ def test_resnext_equals_mmdet():
     compare(ref, mm_forward, ours)
 
 
-@pytest.mark.parametrize('depth', [18, 50])
-def test_resnet_equals_mmdet(depth):
-    ref = mmdet_backbone('ResNet', depth=depth)
-    ours = ResNet(depth=depth)
+@pytest.mark.parametrize('depth,style', [(18, 'pytorch'), (50, 'pytorch'), (50, 'caffe')])
+def test_resnet_equals_mmdet(depth, style):
+    # 'caffe': the stride on the first 1x1 conv, as MSRA's weights (the detection baselines') need
+    ref = mmdet_backbone('ResNet', depth=depth, style=style)
+    ours = ResNet(depth=depth, style=style)
     assert n_params(ours) == n_params(ref)
     compare(ref, mm_forward, ours)
 
