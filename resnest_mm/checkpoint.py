@@ -142,6 +142,13 @@ class ConversionReport:
     dropped_classifier: list[str] = field(default_factory=list)
     dropped_other_modules: int = 0
     filled_counters: list[str] = field(default_factory=list)
+    #: Tensors of modules the backbone adds to the ImageNet network (deformable convs' offset
+    #: branches, plugins) that the checkpoint has none of: they keep their own initialisation.
+    kept_initialised: list[str] = field(default_factory=list)
+    #: Keys of stages the model does not build (``num_stages`` < the checkpoint's).
+    dropped_unbuilt_stages: list[str] = field(default_factory=list)
+    #: Floating dtypes of the checkpoint other than the model's, cast on loading.
+    cast_from: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f'layout {self.layout!r}'
@@ -153,6 +160,17 @@ class ConversionReport:
             text += f', classifier dropped ({", ".join(self.dropped_classifier)})'
         if self.filled_counters:
             text += f', {len(self.filled_counters)} BN num_batches_tracked counters absent'
+        if self.dropped_unbuilt_stages:
+            stages = sorted({k.split('.')[0] for k in self.dropped_unbuilt_stages})
+            text += (f', {len(self.dropped_unbuilt_stages)} keys of {", ".join(stages)} '
+                     'ignored (num_stages does not build them)')
+        if self.kept_initialised:
+            modules = sorted({k.rsplit('.', 1)[0] for k in self.kept_initialised})
+            text += (f', {len(self.kept_initialised)} tensors of {len(modules)} modules the '
+                     'checkpoint lacks (deformable offsets, plugins) keep their initialisation: '
+                     + ', '.join(modules[:4]) + (', ...' if len(modules) > 4 else ''))
+        if self.cast_from:
+            text += f', cast from {"/".join(self.cast_from)}'
         return text
 
 
@@ -236,19 +254,54 @@ def convert_state_dict(state: dict, model: nn.Module, prefix: Optional[str] = No
         converted[key] = value
 
     target = model.state_dict()
-    unexpected = [k for k in converted if k not in target]
+    unbuilt = _unbuilt_stage_prefixes(model)
+    report.dropped_unbuilt_stages = [k for k in converted if k.startswith(unbuilt)]
+    unexpected = [k for k in converted if k not in target and not k.startswith(unbuilt)]
     missing = [k for k in target if k not in converted]
     # Old checkpoints carry no BN step counters; those buffers do not affect any output.
     report.filled_counters = [k for k in missing if k.endswith('num_batches_tracked')]
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
-    for k in report.filled_counters:
+    # An ImageNet checkpoint cannot hold what dcn/plugins add; all of it absent is that case,
+    # part of it absent is a checkpoint that does not fit.
+    added = _added_module_prefixes(model)
+    if added and not any(k.startswith(added) for k in converted):
+        report.kept_initialised = [k for k in missing if k.startswith(added)]
+        missing = [k for k in missing if not k.startswith(added)]
+    for k in report.filled_counters + report.kept_initialised:
         converted[k] = target[k]
     wrong_shape = [f'{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(target[k].shape)}'
                    for k in converted if k in target and converted[k].shape != target[k].shape]
+    # load_state_dict would cast an integer tensor into a float parameter without a word.
+    wrong_shape += [f'{k}: checkpoint {converted[k].dtype} vs model {target[k].dtype}'
+                    for k in converted if k in target
+                    and converted[k].is_floating_point() != target[k].is_floating_point()
+                    and not k.endswith('num_batches_tracked')]
     if unexpected or missing or wrong_shape:
         raise CheckpointMismatchError(_mismatch_message(model, layout, unexpected, missing,
                                                         wrong_shape))
+    report.cast_from = sorted({str(converted[k].dtype).replace('torch.', '') for k in target
+                               if target[k].is_floating_point()
+                               and converted[k].dtype != target[k].dtype})
     return OrderedDict((k, converted[k]) for k in target), report
+
+
+def _added_module_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of the modules a backbone adds to its ImageNet network: the offset branch of
+    every deformable conv and every plugin."""
+    prefixes = []
+    for name, module in model.named_modules():
+        if name.rsplit('.', 1)[-1] == 'conv_offset':
+            prefixes.append(name + '.')
+        for names in getattr(module, 'plugin_names', {}).values():
+            prefixes += [f'{name}.{n}.' for n in names]
+    return tuple(prefixes)
+
+
+def _unbuilt_stage_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """``layerN.`` for the stages a backbone with ``num_stages`` < 4 leaves out (MMDetection's C4
+    detectors start from ImageNet weights of the whole network)."""
+    built = getattr(model, 'num_stages', 4)
+    return tuple(f'layer{i}.' for i in range(built + 1, 5))
 
 
 def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missing: list,
@@ -273,6 +326,9 @@ def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missin
                      'ResNeSt-101 and deeper 128')
     if any('downsample.' in k for k in unexpected + missing):
         hints.append('shortcut layout differs: check avg_down')
+    if any(' vs model ' in k and 'torch.' in k for k in wrong_shape):
+        hints.append('integer tensors where the model has floating ones (or the reverse): is '
+                     'this a checkpoint of weights?')
     text = (f'checkpoint (layout {layout.name!r}: {layout.description}) does not fit '
             f'{type(model).__name__}:'
             + block('keys in the checkpoint that the model does not have', unexpected)
@@ -301,7 +357,8 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, dict],
         state = checkpoint
     converted, report = convert_state_dict(state, model, prefix=prefix)
     model.load_state_dict(converted, strict=True)
-    message = f'{type(model).__name__}: loaded {checkpoint if isinstance(checkpoint, str) else "state dict"} ({report.summary()})'
+    source = checkpoint if isinstance(checkpoint, str) else 'state dict'
+    message = f'{type(model).__name__}: loaded {source} ({report.summary()})'
     if logger is None:
         from mmengine.logging import print_log
         print_log(message, logger='current')
@@ -318,6 +375,16 @@ class ConversionResult:
     num_tensors: int
     reference: Optional[str] = None
     max_abs_diff: Optional[float] = None
+
+
+def _official_keys(state: 'OrderedDict[str, torch.Tensor]') -> 'OrderedDict[str, torch.Tensor]':
+    """resnest_mm's (MM) keys renamed to the official deep-stem layout: the inverse of the
+    'deep-stem' layout's renames (``stem.7.`` is ``bn1.``, ``stem.N.`` is ``conv1.N.``)."""
+    out = OrderedDict()
+    for key, value in state.items():
+        key = re.sub(r'^stem\.7\.', 'bn1.', key)
+        out[re.sub(r'^stem\.(\d+)\.', r'conv1.\1.', key)] = value
+    return out
 
 
 def _official_reference(variant: str):
@@ -383,7 +450,12 @@ def convert_file(src: str, dst: str, variant: str, overrides: Optional[dict] = N
     log(f'verify: reloaded {dst} strictly, all {len(converted)} tensors identical')
     reference = _official_reference(variant) if not overrides else None
     if reference is not None:
-        reference.load_state_dict(unwrap_state_dict(raw), strict=True)
+        # From the converted tensors, not the source: the source may be in another layout.
+        missing, unexpected = reference.load_state_dict(_official_keys(converted), strict=False)
+        if unexpected or any(not k.startswith('fc.') for k in missing):
+            raise CheckpointMismatchError(
+                f'verify: the official resnest.torch.{variant} does not take the converted '
+                f'tensors (missing {missing[:5]}, unexpected {unexpected[:5]})')
         reference.eval()
         fresh.eval()
         x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -13,7 +13,7 @@ from resnest_mm.checkpoint import (CheckpointMismatchError, convert_file, conver
 from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt, build_backbone, variant_config
 from resnest_mm.registry import MODELS
 
-from .conftest import randomize_norms
+from .conftest import max_diff, randomize_norms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(logger=lambda m: None)
@@ -240,3 +240,107 @@ def test_convert_tool_fails_on_wrong_variant(tmp_path):
                            str(src), str(tmp_path / 'o.pth'), '--variant', 'resnest50'],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and 'shape mismatches' in proc.stderr
+
+
+def test_verify_compares_an_mm_layout_source_with_the_official_network(tmp_path):
+    # A detector's state dict in MM names: the official network cannot take it as it is.
+    import resnest.torch as official
+    ref = official.resnest50(pretrained=False)
+    randomize_norms(ref)
+    ours = build_backbone('resnest50')
+    load_pretrained(ours, ref.state_dict(), **QUIET)
+    src = tmp_path / 'detector.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in ours.state_dict().items()}}, src)
+    result = convert_file(str(src), str(tmp_path / 'out.pth'), 'resnest50', verify=True,
+                          log=lambda m: None)
+    assert result.report.layout == 'mm' and result.reference == 'resnest.torch.resnest50'
+    assert result.max_abs_diff < 1e-4
+
+
+def _imagenet_state(**kw):
+    src = ResNet(depth=50, base_channels=8, **kw)
+    randomize_norms(src)
+    return src, src.state_dict()
+
+
+def test_imagenet_weights_load_into_deformable_stages_with_zero_offsets():
+    # MMDetection's dconv recipes start from ImageNet weights, which have no offset branches.
+    src, state = _imagenet_state()
+    dcn = dict(type='DCN', deform_groups=1, fallback_on_stride=False)  # v2's masks start at 0.5
+    dst = ResNet(depth=50, base_channels=8, dcn=dcn, stage_with_dcn=(False, True, True, True))
+    with torch.no_grad():  # make sure loading sets them, not the constructor
+        for name, p in dst.named_parameters():
+            if 'conv_offset' in name:
+                p.fill_(0.5)
+    messages = []
+    report = load_pretrained(dst, state, logger=messages.append)
+    offsets = [k for k in dst.state_dict() if '.conv_offset.' in k]
+    assert offsets and sorted(report.kept_initialised) == sorted(offsets)
+    assert 'layer2.0.conv2.conv_offset' in messages[0]
+    assert 'keep their initialisation' in messages[0]
+    dst._zero_deform_offsets()
+    x = torch.rand(1, 3, 128, 128)  # mmcv's CPU kernel needs maps of at least 3x3
+    with torch.no_grad():
+        assert max_diff(src.eval()(x), dst.eval()(x)) < 1e-5  # zero offsets: plain convs
+    # A checkpoint that has some offsets but not all does not fit.
+    partial = dict(dst.state_dict())
+    del partial['layer3.0.conv2.conv_offset.weight']
+    with pytest.raises(CheckpointMismatchError, match='layer3.0.conv2.conv_offset.weight'):
+        load_pretrained(dst, partial, **QUIET)
+
+
+def test_pretrained_init_cfg_zeroes_deformable_offsets(tmp_path):
+    _, state = _imagenet_state()
+    path = tmp_path / 'imagenet.pth'
+    torch.save(state, path)
+    dst = ResNet(depth=50, base_channels=8, dcn=dict(type='DCN', deform_groups=1),
+                 stage_with_dcn=(False, False, True, False),
+                 init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    offsets = [p for n, p in dst.named_parameters() if 'conv_offset' in n]
+    with torch.no_grad():
+        for p in offsets:
+            p.fill_(0.5)
+    dst.init_weights()
+    assert offsets and all(not p.any() for p in offsets)
+
+
+def test_imagenet_weights_load_into_a_backbone_with_plugins():
+    _, state = _imagenet_state()
+    plugins = [dict(cfg=dict(type='ContextBlock', ratio=1. / 4),
+                    stages=(False, True, True, True), position='after_conv3')]
+    dst = ResNet(depth=50, base_channels=8, plugins=plugins)
+    report = load_pretrained(dst, state, **QUIET)
+    assert report.kept_initialised and all('.context_block.' in k
+                                           for k in report.kept_initialised)
+    assert torch.equal(dst.layer1[0].conv1.weight, state['layer1.0.conv1.weight'])
+
+
+def test_fewer_stages_take_the_whole_networks_checkpoint():
+    # MMDetection's C4 detectors build 3 stages from the ImageNet weights of all 4.
+    _, state = _imagenet_state()
+    dst = ResNet(depth=50, base_channels=8, num_stages=3, out_indices=(2,), strides=(1, 2, 2),
+                 dilations=(1, 1, 1))
+    messages = []
+    report = load_pretrained(dst, state, logger=messages.append)
+    assert report.dropped_unbuilt_stages and all(
+        k.startswith('layer4.') for k in report.dropped_unbuilt_stages)
+    assert 'layer4 ignored (num_stages does not build them)' in messages[0]
+    assert torch.equal(dst.layer3[0].conv1.weight, state['layer3.0.conv1.weight'])
+    # Another stage's keys are still a mismatch.
+    state['layer3.9.conv1.weight'] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError, match='layer3.9.conv1.weight'):
+        load_pretrained(dst, state, **QUIET)
+
+
+def test_integer_tensors_for_float_weights_are_refused_and_casts_reported():
+    _, state = _imagenet_state()
+    bad = dict(state)
+    bad['layer1.0.conv1.weight'] = bad['layer1.0.conv1.weight'].round().long()
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'layer1\.0\.conv1\.weight: checkpoint torch\.int64 vs model '
+                             r'torch\.float32'):
+        load_pretrained(ResNet(depth=50, base_channels=8), bad, **QUIET)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    messages = []
+    report = load_pretrained(ResNet(depth=50, base_channels=8), half, logger=messages.append)
+    assert report.cast_from == ['float16'] and 'cast from float16' in messages[0]

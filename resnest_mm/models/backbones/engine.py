@@ -401,6 +401,8 @@ class ResNetEngine(BaseModule):
         if pretrained is not None:
             # Strict and complete: any other entry would be overwritten, so none is applied.
             from ...checkpoint import load_pretrained
+            # An ImageNet checkpoint has no deformable offsets: those keep their zero start.
+            self._zero_deform_offsets()
             load_pretrained(self, pretrained['checkpoint'], prefix=pretrained.get('prefix'),
                             map_location=pretrained.get('map_location', 'cpu'))
         elif items:
@@ -420,6 +422,10 @@ class ResNetEngine(BaseModule):
                 if m.weight is not None:
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+        self._zero_deform_offsets()
+        self._zero_init_residual()
+
+    def _zero_deform_offsets(self) -> None:
         for m in self.modules():
             # Deformable convs start as plain convs: zero offsets (and masks at 0.5).
             offset = getattr(m, 'conv_offset', None)
@@ -427,7 +433,6 @@ class ResNetEngine(BaseModule):
                 nn.init.zeros_(offset.weight)
                 if offset.bias is not None:
                     nn.init.zeros_(offset.bias)
-        self._zero_init_residual()
 
     def _zero_init_residual(self) -> None:
         if self.zero_init_residual:
