@@ -695,3 +695,100 @@ def test_inference_skips_the_autograd_functions_and_computes_the_same(monkeypatc
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(got[1], F.conv2d(x, strided.weight, stride=2).detach())
+
+
+# ------------------------------------------------------------------------------------------------
+# What users do around a backbone: DDP, swapped activations, backward hooks, edited outputs,
+# parametrized weights. The fast paths must give what the plain network gives, or fail as it does.
+def _grads(model: nn.Module, steps) -> list[dict]:
+    out = []
+    for x in steps:
+        model.zero_grad(set_to_none=True)
+        sum(o.square().mean() for o in model(x)).backward()
+        out.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    return out
+
+
+def _assert_same_grads(got: list[dict], want: list[dict]) -> None:
+    for step, (g, w) in enumerate(zip(got, want)):
+        worst = max(float((g[n] - w[n]).abs().max() / w[n].abs().max().clamp_min(1e-12))
+                    for n in w)
+        assert worst < 1e-9, f'step {step}: relative gradient error {worst:.3g}'
+
+
+@pytest.mark.parametrize('cls,kwargs', [(ResNet, dict(depth=18)),
+                                        (ResNeXt, dict(depth=50, groups=4, base_width=2))])
+def test_ddp_gradients_equal_the_plain_networks(tmp_path, cls, kwargs):
+    # Multi-scale steps: the convs' ways (and their weights' layouts) would change between them.
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    torch.manual_seed(0)
+    steps = [torch.rand(2, 3, s, s, dtype=torch.float64) for s in (64, 32, 96)]
+    plain = cls(base_channels=8, channels_last=False, **kwargs).double().train()
+    want = _grads(plain, steps)
+    dist.init_process_group('gloo', store=dist.FileStore(str(tmp_path / 'store'), 1), rank=0,
+                            world_size=1)
+    try:
+        fast = cls(base_channels=8, **kwargs).double().train()
+        fast.load_state_dict(plain.state_dict())
+        ddp = DistributedDataParallel(fast)
+        got = [{k.replace('module.', '', 1): v for k, v in g.items()}
+               for g in _grads(ddp, steps)]
+    finally:
+        dist.destroy_process_group()
+    _assert_same_grads(got, want)
+
+
+@pytest.mark.parametrize('act', [nn.SiLU, nn.GELU])
+def test_swapped_activations_get_the_plain_gradients(act):
+    def swap(model):
+        for module in model.modules():
+            for name, child in module.named_children():
+                if isinstance(child, nn.ReLU):
+                    setattr(module, name, act())
+        return model.double().train()
+    plain = swap(ResNet(depth=50, base_channels=8, channels_last=False))
+    fast = swap(ResNet(depth=50, base_channels=8))
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    _assert_same_grads(_grads(fast, [x]), _grads(plain, [x]))
+
+
+@pytest.mark.parametrize('channels_last', [None, False])
+def test_full_backward_hooks_fire_on_every_module(channels_last):
+    model = ResNeSt(depth=14, base_channels=8, stem_channels=16, channels_last=channels_last)
+    model.train()
+    fired = []
+    names = ['stem', 'layer2', 'layer2.0', 'layer2.0.downsample', 'layer4']
+    modules = dict(model.named_modules())
+    for name in names:
+        modules[name].register_full_backward_hook(
+            lambda m, gi, go, name=name: fired.append(name))
+    sum(o.sum() for o in model(torch.rand(2, 3, 64, 64))).backward()
+    assert sorted(fired) == sorted(names)
+
+
+def test_a_returned_output_changed_in_place_fails_the_backward_pass():
+    # As autograd does for a saved tensor changed in place: the gradients would be wrong.
+    model = ResNet(depth=50, base_channels=8).train()
+    outs = model(torch.rand(2, 3, 64, 64))
+    outs[1].mul_(-1)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        sum(o.sum() for o in outs).backward()
+
+
+def test_a_parametrized_conv_weight_is_computed_once_per_call():
+    from torch.nn.utils import parametrize as P
+
+    class Counted(nn.Module):
+        calls = 0
+
+        def forward(self, w):
+            Counted.calls += 1
+            return w
+
+    model = ResNet(depth=50, base_channels=8).train()
+    P.register_parametrization(model.layer4[0].conv2, 'weight', Counted())
+    Counted.calls = 0  # registering computes it once
+    model(torch.rand(2, 3, 64, 64))
+    assert Counted.calls == 1

@@ -14,6 +14,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 
 from ..checks import (check_bool, check_bool_seq, check_cfg, check_choice, check_int, check_int_seq,
                       check_layer_type, fail)
@@ -483,7 +484,8 @@ class ResNetEngine(BaseModule):
         if self._arranged_params is None:
             spatial, other = [], []
             for m in self.modules():
-                if type(m) in _PLAIN_CONVS and m.weight.shape[2:] != (1, 1):
+                if (type(m) in _PLAIN_CONVS and m.weight.shape[2:] != (1, 1)
+                        and not parametrize.is_parametrized(m)):  # computed, not stored
                     (spatial if type(m) is SpatialConv2d else other).append(m.weight)
             self._arranged_params = spatial, other
         spatial, other = self._arranged_params
@@ -523,7 +525,9 @@ class ResNetEngine(BaseModule):
                 continue
             if i == last_stage:
                 outs.append(x)
-            elif SavedAsNCHW.accepts(out):
+            elif SavedAsNCHW.accepts(out) and type(block.relu) is nn.ReLU:
+                # ReLU saves only its output; another activation (swapped in) saves its input,
+                # which must not be handed its output in the backward pass.
                 carry = SavedAsNCHW(out)
                 with carry.saving():
                     x = block.relu(out)  # in place: saves its output, i.e. out's storage
@@ -531,15 +535,16 @@ class ResNetEngine(BaseModule):
                 carry.set_nchw(y)
                 outs.append(y)
             else:
-                # Not a channels-last map (a plugin's layout): the next stage reads the output.
+                # Not a channels-last map (a plugin's layout), or another activation: the next
+                # stage reads the output.
                 x = block.relu(to_nchw(out))
                 outs.append(x)
         return outs
 
     def _stages_unhooked(self) -> bool:
-        """Whether no forward hook is on a stage or its last block: the training path calls the
-        blocks one by one and the last one of a stage in parts, and a hook needs its module
-        called."""
+        """Whether no hook (forward or backward) is on a stage or its last block: the training
+        path calls the blocks one by one and the last one of a stage in parts, and a hook needs
+        its module called."""
         stages = [getattr(self, name) for name in self.res_layers]
         return no_hooks(*stages, *(stage[-1] for stage in stages))
 

@@ -25,10 +25,13 @@ def graph_capture() -> bool:
 
 
 def no_hooks(*modules: nn.Module) -> bool:
-    """Whether no forward hook (global or of ``modules``) would see these modules run."""
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+    """Whether no hook (global or of ``modules``; forward or backward) would see these modules
+    run: a hook needs its module called whole."""
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   or m._backward_pre_hooks for m in modules)
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,11 +58,21 @@ def emulated_half_precision(x: torch.Tensor) -> bool:
     return not _native_half_precision().get(dtype, True)
 
 
+def layouts_fixed() -> bool:
+    """Whether parameters must keep the memory layout they have: under ``torch.distributed``.
+    DDP lays out its gradient buckets by the parameters' strides when it wraps the model; a
+    parameter re-laid out after that got its gradient's elements permuted (DDP over gloo,
+    default settings: a relative error of 1.0 in the first step's conv weight gradients)."""
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
 def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -> None:
     """Store ``param`` (and its gradient) in ``memory_format``. It stays the same Parameter object
     (optimisers, hooks); only its storage changes. Done outside inference mode, so a first call
-    under it leaves no inference tensor behind."""
-    if param.is_contiguous(memory_format=memory_format):
+    under it leaves no inference tensor behind. Nothing changes under ``torch.distributed``
+    (:func:`layouts_fixed`): the convs then read the weight in the layout it has."""
+    if param.is_contiguous(memory_format=memory_format) or layouts_fixed():
         return
     with torch.inference_mode(False), torch.no_grad():
         param.data = param.data.contiguous(memory_format=memory_format)
@@ -159,6 +172,7 @@ class SavedAsNCHW:
         self._device = channels_last.device
         self._whole = (channels_last.size(), channels_last.stride(), 0)
         self._nchw = None if nchw is None else nchw.detach()
+        self._nchw_version = None if nchw is None else nchw._version
 
     @staticmethod
     def accepts(t: torch.Tensor) -> bool:
@@ -172,6 +186,7 @@ class SavedAsNCHW:
         # Detached: the graph holds this object, and the copy's own graph may hold the saves
         # (an activation's); a tensor with its grad_fn would close a cycle that never frees.
         self._nchw = nchw.detach()
+        self._nchw_version = nchw._version  # shared with the detached alias
 
     @contextmanager
     def saving(self) -> Iterator[None]:
@@ -193,6 +208,14 @@ class SavedAsNCHW:
     def _unpack(self, packed):
         if not (isinstance(packed, tuple) and len(packed) == 2 and packed[0] is self):
             return packed
+        if self._nchw._version != self._nchw_version:
+            # What autograd says of a saved tensor changed in place; rebuilt from the changed
+            # copy, the gradients would be silently wrong.
+            raise RuntimeError(
+                'one of the variables needed for gradient computation has been modified by an '
+                'inplace operation: a stage output the backbone returned (shape '
+                f'{tuple(self._nchw.shape)}), which the backward pass reads; change a copy '
+                '(out = out * s) instead')
         geometry = packed[1]
         if geometry is None:
             return self._nchw

@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
 from torch.autograd.function import once_differentiable
+from torch.nn.utils import parametrize
 
 from .layout import arrange_parameter, emulated_half_precision, graph_capture, to_nchw
 from .pointwise import is_plain_conv
@@ -219,8 +220,8 @@ class SpatialConv2d(nn.Conv2d):
         """How ``forward(x)`` computes: ``'plain'`` (the ``nn.Conv2d``), ``'gemm'``
         (channels-last, weight gradient as matrix products), ``'nchw'`` or
         ``'channels_last'``."""
-        if not self._channels_last_map(x):
-            return 'plain'
+        if not self._channels_last_map(x) or parametrize.is_parametrized(self):
+            return 'plain'  # a parametrized weight is computed anew at each read
         if isinstance(self.padding, str) or not (torch.is_grad_enabled()
                                                  and self.weight.requires_grad):
             return 'channels_last'  # no weight gradient: what the other ways save on
