@@ -91,6 +91,10 @@ def test_with_cp_equals_plain(name, monkeypatch):
         torch.testing.assert_close(a, b)
     for (n, p), (_, q) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=n)
+    # The recomputation in the backward pass counts no batch twice into the norms' statistics.
+    buffers = dict(plain.named_buffers())
+    for n, b in ckpt.named_buffers():
+        torch.testing.assert_close(b, buffers[n], msg=n)
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50_v1d', 'resnest14', 'res2net50'])
@@ -557,3 +561,11 @@ def test_channels_last_with_dcn_is_refused_and_auto_stays_nchw():
         build('resnet50', dcn=dcn, stage_with_dcn=(False, True, True, True), channels_last=True)
     with pytest.raises(ValueError, match='channels_last'):
         build('resnet50', channels_last='yes')
+
+
+def test_split_attention_needs_inputs_the_split_conv_can_group():
+    from resnest_mm.models.layers.split_attention import SplitAttentionConv2d
+    with pytest.raises(ValueError, match=r'in_channels=10 .* multiple of groups \* radix = 4'):
+        SplitAttentionConv2d(in_channels=10, channels=10, groups=2, radix=2)
+    with pytest.raises(ValueError, match='in_channels=10'):
+        ResNeSt(depth=14, base_channels=8, stem_channels=16, groups=2, base_width=5)

@@ -5,14 +5,15 @@ dilation, shortcut, norm/conv/DCN/plugin configs, checkpointing and where the bl
 network); a family adds its own keyword arguments on top. A block builds all of its own layers:
 nothing is built by a parent and then deleted or overwritten.
 """
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from ..layers.dcn import conv_or_dcn_cfg
 from ..layers.fold import conv_norm, run_sequential
@@ -114,7 +115,15 @@ class ResidualBlock(BaseModule):
         """The residual branch plus the shortcut, before the closing activation (recomputed in
         the backward pass when ``with_cp``)."""
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
+            runs = []
+
+            def run(x: torch.Tensor) -> torch.Tensor:
+                # The backward pass runs this again; its training norms must not count the
+                # batch into their running statistics a second time.
+                with _running_stats_kept(self) if runs else contextlib.nullcontext():
+                    runs.append(True)
+                    return self._forward(x)
+            return cp.checkpoint(run, x, use_reentrant=False)
         return self._forward(x)
 
     def forward(self, x: torch.Tensor, *, contiguous_output: bool = False) -> torch.Tensor:
@@ -128,6 +137,27 @@ class ResidualBlock(BaseModule):
         if contiguous_output:
             out = to_nchw(out)
         return self.relu(out)
+
+
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Training batch norms in ``module`` normalise by the batch's statistics as usual but leave
+    their running statistics and batch counter as they are. (They still update them, by a
+    momentum of 0: without that update they would save fewer tensors for backward than in the
+    first run, which checkpointing refuses.)"""
+    norms = [(m, m.momentum, m.num_batches_tracked) for m in module.modules()
+             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    counts = [None if c is None else c.clone() for _, _, c in norms]
+    for m, _, _ in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for (m, momentum, counter), count in zip(norms, counts):
+                m.momentum = momentum
+                if counter is not None:
+                    counter.copy_(count)
 
 
 class BasicBlock(ResidualBlock):

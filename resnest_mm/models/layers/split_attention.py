@@ -124,6 +124,10 @@ class SplitAttentionConv2d(BaseModule):
         if channels % groups:
             raise ValueError(f'{owner}: channels={channels} is not valid; expected a multiple '
                              f'of groups={groups}.')
+        if in_channels % (groups * radix):
+            # The split conv has groups * radix groups.
+            raise ValueError(f'{owner}: in_channels={in_channels} is not valid; expected a '
+                             f'multiple of groups * radix = {groups * radix}.')
         norm_cfg = dict(type='BN', requires_grad=True) if norm_cfg is None else norm_cfg
         self.radix = radix
         self.groups = groups
