@@ -44,7 +44,7 @@ RUNNER_KEYS = frozenset((
     'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer', 'default_scope',
     'randomness', 'experiment_name', 'runner_type', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
-    'custom_imports', 'tta_model', 'tta_pipeline'))
+    'custom_imports', 'tta_model', 'tta_pipeline', 'sync_bn'))
 
 
 class RunSetupError(ValueError):
@@ -95,9 +95,17 @@ def check_cfg_options(cfg: Mapping, cfg_options: Mapping) -> None:
     config does not have and the runner does not read (``trian_cfg.max_iters``), or a variable of
     the config file (``max_iters``, ``data_root``), which is substituted where the file uses it
     before any option is applied."""
+    tops = {str(key).split('.')[0] for key in cfg_options}
     for key in cfg_options:
         top = str(key).split('.')[0]
-        if top in RUNNER_KEYS:
+        if top == 'launcher':
+            raise ValueError(f'--cfg-options {key}: the tools set the launcher from --launcher, '
+                             'after the options; give --launcher instead')
+        if top == 'strategy' and 'runner_type' not in tops and 'FlexibleRunner' not in str(
+                cfg.get('runner_type', '')):
+            raise ValueError(f'--cfg-options {key}: only FlexibleRunner reads strategy; set '
+                             "runner_type='FlexibleRunner' too")
+        if top in RUNNER_KEYS or top == 'strategy':
             continue
         if top not in cfg:
             raise ValueError(f'--cfg-options {key}: the config has no {top!r} and the runner '
@@ -125,6 +133,9 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         amp: Train with automatic mixed precision (needs a GPU).
         launcher: ``'none'`` (one process), ``'pytorch'`` (torchrun), ``'slurm'`` or ``'mpi'``.
         load_from: Checkpoint whose weights initialise the model (testing, fine-tuning).
+            With ``resume`` or ``load_from``, the config's own ``load_from`` (a fine-tuning
+            starting point) is replaced, with a warning; ``resume='auto'`` falls back to it when
+            the work dir holds no checkpoint yet.
 
     Returns:
         The config, toolbox registered, ready for :func:`train` or :func:`test`.
@@ -148,7 +159,11 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         if cfg_options:
             check_cfg_options(cfg, cfg_options)
             cfg.merge_from_dict(dict(cfg_options))
-    except (TypeError, KeyError, SyntaxError, NameError, AssertionError) as err:
+            if any(str(k).split('.')[0] == 'custom_imports' for k in cfg_options):
+                # Config.fromfile imported the file's list before the options changed it.
+                from mmengine.utils import import_modules_from_strings
+                import_modules_from_strings(**cfg.custom_imports)
+    except (TypeError, KeyError, SyntaxError, NameError, AssertionError, ImportError) as err:
         # mmengine's message is precise; the traceback through its merge code is not.
         raise ValueError(f'config {config!r} (with --cfg-options {dict(cfg_options or {})}) '
                          f'cannot be read: {type(err).__name__}: {err}') from err
@@ -158,13 +173,26 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         raise ValueError(f'work_dir {cfg.work_dir!r} is a file; expected a folder')
     cfg.launcher = launcher
     given = cfg.get('load_from')
-    if given and (resume is not None or load_from is not None):
-        # mmengine would take one of the two checkpoints and drop the other without a word.
-        other = '--resume' if resume is not None else 'the checkpoint to test'
-        raise ValueError(f'load_from={given!r} (from the config or --cfg-options) and {other} '
-                         'both name a checkpoint; give one')
-    if given and '://' not in given and not osp.isfile(given):
+    if given and '://' not in given and not osp.isfile(given) and load_from is None and not (
+            resume not in (None, 'auto')):
         raise FileNotFoundError(f'load_from checkpoint {given!r} does not exist')
+    if resume == 'auto' and given:
+        # A fine-tuning run: its own latest checkpoint if it has one, else where it starts from.
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(cfg.work_dir)
+        if latest is None:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir!r}; training starts from '
+                      f'load_from={given!r}', logger='current', level=30)
+            resume = None
+        else:
+            print_log(f'--resume: resuming from {latest!r}; load_from={given!r} is not used',
+                      logger='current', level=30)
+            resume = latest
+    elif given and (resume is not None or load_from is not None):
+        # The config's starting point; resuming or testing reads the checkpoint named.
+        print_log(f'load_from={given!r} is not used: '
+                  + (f'resuming from {resume!r}' if resume is not None
+                     else f'testing {load_from!r}'), logger='current', level=30)
     if resume is not None:
         cfg.resume = True
         cfg.load_from = None if resume == 'auto' else resume
@@ -451,7 +479,7 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
         CheckpointMismatchError: The file cannot be read as a checkpoint, or does not fit; the
             message lists the missing, unexpected and wrongly shaped keys.
     """
-    from mmengine.model import is_model_wrapper
+    from mmengine.model import BaseTTAModel, is_model_wrapper
     try:
         ckpt = safe_torch_load(path)
     except FileNotFoundError:
@@ -463,7 +491,8 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
         have = unwrap_state_dict(ckpt)  # without DDP's 'module.' prefix, as mmengine loads it
     except CheckpointMismatchError as err:
         raise CheckpointMismatchError(f'{what} {path!r}: {err}') from err
-    module = model.module if is_model_wrapper(model) else model
+    # mmengine loads into the wrapped model of DDP and of test-time augmentation alike.
+    module = model.module if is_model_wrapper(model) or isinstance(model, BaseTTAModel) else model
     want = module.state_dict()
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
@@ -541,8 +570,9 @@ def test(cfg: Config, *, checkpoint: str) -> dict:
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
     if cfg.get('load_from') and cfg.load_from != checkpoint:
-        raise RunSetupError(f'load_from={cfg.load_from!r} (from the config or --cfg-options) '
-                            f'would be ignored: the checkpoint to test is {checkpoint!r}')
+        # A fine-tuning config's starting point: what is tested is the checkpoint given.
+        print_log(f'load_from={cfg.load_from!r} of the config is not used: testing '
+                  f'{checkpoint!r}', logger='current', level=30)
     cfg.load_from = checkpoint
     cfg.resume = False
     runner = _setup(cfg, mode='test')

@@ -85,9 +85,64 @@ def test_work_dir_and_checkpoint_options_are_checked(tmp_path):
         rr.load_config(CONFIG, work_dir='')
     with pytest.raises(FileNotFoundError, match='load_from checkpoint .*nope.pth'):
         rr.load_config(CONFIG, cfg_options={'load_from': str(tmp_path / 'nope.pth')})
-    # Two checkpoints named: mmengine would silently take one.
-    with pytest.raises(ValueError, match='both name a checkpoint'):
-        rr.load_config(CONFIG, cfg_options={'load_from': str(a_file)}, resume='auto')
+
+
+
+def test_a_fine_tuning_configs_load_from_gives_way_to_resume_and_test(tmp_path, capsys):
+    start = tmp_path / 'coco_detector.pth'
+    start.write_text('')
+    work = tmp_path / 'work'
+    options = {'load_from': str(start)}
+    # --resume before the first checkpoint: the fine-tuning starts from load_from.
+    cfg = rr.load_config(CONFIG, cfg_options=options, resume='auto', work_dir=str(work))
+    assert not cfg.resume and cfg.load_from == str(start)
+    # ... and once the run has one, resumes from it.
+    work.mkdir()
+    (work / 'iter_2.pth').write_text('')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
+    cfg = rr.load_config(CONFIG, cfg_options=options, resume='auto', work_dir=str(work))
+    assert cfg.resume and cfg.load_from == str(work / 'iter_2.pth')
+    # A checkpoint to test or to resume from replaces it, with a warning.
+    cfg = rr.load_config(CONFIG, cfg_options=options, load_from=str(work / 'iter_2.pth'))
+    assert cfg.load_from == str(work / 'iter_2.pth') and not cfg.get('resume')
+    cfg = rr.load_config(CONFIG, cfg_options=options, resume=str(work / 'iter_2.pth'))
+    assert cfg.resume and cfg.load_from == str(work / 'iter_2.pth')
+    out = capsys.readouterr()
+    assert f'load_from={str(start)!r} is not used: testing' in out.out + out.err
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'launcher': 'pytorch'}, 'give --launcher instead'),
+    ({'strategy.type': 'DDPStrategy'}, "only FlexibleRunner reads strategy; set runner_type"),
+])
+def test_options_the_tools_would_override_or_ignore_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        rr.load_config(CONFIG, cfg_options=options)
+
+
+def test_options_mmengine_reads_are_accepted_and_imports_happen():
+    import sys
+    sys.modules.pop('resnest_mm.datasets.installed', None)
+    cfg = rr.load_config(CONFIG, cfg_options={
+        'sync_bn': 'torch', 'runner_type': 'FlexibleRunner', 'strategy.type': 'DDPStrategy',
+        'custom_imports.imports': ['resnest_mm.datasets.installed']})
+    assert cfg.sync_bn == 'torch' and cfg.strategy.type == 'DDPStrategy'
+    assert 'resnest_mm.datasets.installed' in sys.modules
+
+
+def test_scoped_datasets_resolve_without_custom_imports():
+    # mmengine imports resnest_mm.registry for a 'resnest_mm.' name; that must reach them.
+    import subprocess
+    import sys
+    code = ('from mmengine.registry import DefaultScope\n'
+            'import mmdet.registry as D, mmseg.registry as S\n'
+            'with DefaultScope.overwrite_default_scope("mmdet"):\n'
+            '    print(D.DATASETS.get("resnest_mm.CheckedCocoDataset").__name__)\n'
+            'with DefaultScope.overwrite_default_scope("mmseg"):\n'
+            '    print(S.TRANSFORMS.get("resnest_mm.CheckSegLabels").__name__)\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ['CheckedCocoDataset', 'CheckSegLabels']
 
 
 def test_checkpoint_must_fit_the_model(tmp_path):
@@ -125,3 +180,20 @@ def test_safe_loading_keeps_process_wide_allowances(tmp_path):
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(before)
+
+
+def test_checkpoint_fit_check_sees_through_test_time_augmentation(tmp_path):
+    from mmengine.model import BaseTTAModel
+
+    class TTA(BaseTTAModel):
+        def merge_preds(self, data_samples_list):
+            return data_samples_list
+
+    class Model(torch.nn.Sequential):
+        def test_step(self, data):
+            return data
+
+    model = Model(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    path = str(tmp_path / 'c.pth')
+    torch.save({'state_dict': model.state_dict()}, path)
+    rr.check_checkpoint_fits(TTA(module=model), path, what='checkpoint')

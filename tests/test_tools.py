@@ -193,6 +193,16 @@ def test_seg_demo_trains_and_evaluates_with_iou_metric(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'mIoU \(%\): \d+\.\d{4}', proc.stdout), proc.stdout[-2000:]
     assert osp.isfile(str(tmp_path / 'w' / 'iter_2.pth'))
+    # Test-time augmentation wraps the model; the checkpoint is the plain model's. A config's
+    # load_from (a fine-tuning start) gives way to the checkpoint to test, with a warning.
+    start = str(tmp_path / 'start.pth')
+    os.link(str(tmp_path / 'w' / 'iter_2.pth'), start)
+    proc = run_tool('tools/test.py', SEG_DEMO, str(tmp_path / 'w' / 'iter_2.pth'), '--tta',
+                    '--work-dir', str(tmp_path / 't'), '--cfg-options', *options,
+                    f'load_from={start}')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'mIoU \(%\): \d+\.\d{4}', proc.stdout), proc.stdout[-2000:]
+    assert f'load_from={start!r} is not used: testing' in proc.stdout + proc.stderr
 
 
 def test_out_of_range_label_map_is_one_clear_error(tmp_path):

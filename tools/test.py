@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
-                             launcher=args.launcher)
+                             launcher=args.launcher, load_from=args.checkpoint)
         if args.tta:
             rr.use_tta(cfg)
         rr.prepare_data(cfg, mode='test')

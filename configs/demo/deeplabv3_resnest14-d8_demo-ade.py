@@ -54,6 +54,20 @@ test_pipeline = [
     dict(type='resnest_mm.CheckSegLabels', num_classes=num_classes),
     dict(type='PackSegInputs'),
 ]
+# tools/test.py --tta: three scales, each with and without a horizontal flip (SegTTAModel from
+# the runtime base averages the six predictions).
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug',
+         transforms=[
+             [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in (0.75, 1.0, 1.25)],
+             [dict(type='RandomFlip', prob=0., direction='horizontal'),
+              dict(type='RandomFlip', prob=1., direction='horizontal')],
+             [dict(type='LoadAnnotations', reduce_zero_label=True)],
+             [dict(type='resnest_mm.CheckSegLabels', num_classes=num_classes)],
+             [dict(type='PackSegInputs')],
+         ]),
+]
 train_dataloader = dict(
     batch_size=8,
     num_workers=1,
