@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules import module as _module
 
@@ -63,7 +64,6 @@ def layouts_fixed() -> bool:
     DDP lays out its gradient buckets by the parameters' strides when it wraps the model; a
     parameter re-laid out after that got its gradient's elements permuted (DDP over gloo,
     default settings: a relative error of 1.0 in the first step's conv weight gradients)."""
-    import torch.distributed as dist
     return dist.is_available() and dist.is_initialized()
 
 
