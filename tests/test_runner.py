@@ -88,7 +88,9 @@ def test_work_dir_and_checkpoint_options_are_checked(tmp_path):
 
 
 
-def test_a_fine_tuning_configs_load_from_gives_way_to_resume_and_test(tmp_path, capsys):
+def test_a_fine_tuning_configs_load_from_gives_way_to_resume_and_test(tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(rr, 'print_log', lambda msg, **kw: logged.append(msg))
     start = tmp_path / 'coco_detector.pth'
     start.write_text('')
     work = tmp_path / 'work'
@@ -107,8 +109,8 @@ def test_a_fine_tuning_configs_load_from_gives_way_to_resume_and_test(tmp_path, 
     assert cfg.load_from == str(work / 'iter_2.pth') and not cfg.get('resume')
     cfg = rr.load_config(CONFIG, cfg_options=options, resume=str(work / 'iter_2.pth'))
     assert cfg.resume and cfg.load_from == str(work / 'iter_2.pth')
-    out = capsys.readouterr()
-    assert f'load_from={str(start)!r} is not used: testing' in out.out + out.err
+    assert f'--resume: no checkpoint in {str(work)!r}; training starts from ' in logged[0]
+    assert any(f'load_from={str(start)!r} is not used: testing' in m for m in logged)
 
 
 @pytest.mark.parametrize('options, message', [
