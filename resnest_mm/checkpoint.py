@@ -321,7 +321,7 @@ def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missin
     if layout.name == 'plain-stem' and model_deep:
         hints.append('the checkpoint has a 7x7 stem but the model a deep one: set '
                      'deep_stem=False (and avg_down=False for the original Res2Net/ResNet)')
-    if any(s.startswith('stem.') for s in wrong_shape):
+    if any(s.startswith('stem.') and ' vs model torch.' not in s for s in wrong_shape):
         hints.append('stem widths differ: ResNeSt-50 and smaller use stem_channels=64, '
                      'ResNeSt-101 and deeper 128')
     if any('downsample.' in k for k in unexpected + missing):

@@ -95,14 +95,14 @@ def check_cfg_options(cfg: Mapping, cfg_options: Mapping) -> None:
     config does not have and the runner does not read (``trian_cfg.max_iters``), or a variable of
     the config file (``max_iters``, ``data_root``), which is substituted where the file uses it
     before any option is applied."""
-    tops = {str(key).split('.')[0] for key in cfg_options}
     for key in cfg_options:
         top = str(key).split('.')[0]
         if top == 'launcher':
             raise ValueError(f'--cfg-options {key}: the tools set the launcher from --launcher, '
                              'after the options; give --launcher instead')
-        if top == 'strategy' and 'runner_type' not in tops and 'FlexibleRunner' not in str(
-                cfg.get('runner_type', '')):
+        runner_type = next((v for k, v in cfg_options.items() if k == 'runner_type'),
+                           cfg.get('runner_type', ''))
+        if top == 'strategy' and 'FlexibleRunner' not in str(runner_type):
             raise ValueError(f'--cfg-options {key}: only FlexibleRunner reads strategy; set '
                              "runner_type='FlexibleRunner' too")
         if top in RUNNER_KEYS or top == 'strategy':
@@ -173,17 +173,26 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         raise ValueError(f'work_dir {cfg.work_dir!r} is a file; expected a folder')
     cfg.launcher = launcher
     given = cfg.get('load_from')
-    if given and '://' not in given and not osp.isfile(given) and load_from is None and not (
-            resume not in (None, 'auto')):
+    if given and any(str(k).split('.')[0] == 'load_from' for k in cfg_options or {}) and (
+            resume is not None or load_from is not None):
+        # Named on the command line next to another checkpoint: one would be dropped.
+        other = '--resume' if resume is not None else 'the checkpoint to test'
+        raise ValueError(f'--cfg-options load_from={given!r} and {other} both name a '
+                         'checkpoint; give one')
+    latest = None
+    if resume == 'auto' and given:
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(cfg.work_dir)
+    used = given and load_from is None and (resume is None or (resume == 'auto' and not latest))
+    if used and '://' not in given and not osp.isfile(given):
         raise FileNotFoundError(f'load_from checkpoint {given!r} does not exist')
     if resume == 'auto' and given:
         # A fine-tuning run: its own latest checkpoint if it has one, else where it starts from.
-        from mmengine.runner import find_latest_checkpoint
-        latest = find_latest_checkpoint(cfg.work_dir)
         if latest is None:
             print_log(f'--resume: no checkpoint in {cfg.work_dir!r}; training starts from '
                       f'load_from={given!r}', logger='current', level=30)
             resume = None
+            cfg.resume = False  # mmengine would resume from load_from: not a run of this one
         else:
             print_log(f'--resume: resuming from {latest!r}; load_from={given!r} is not used',
                       logger='current', level=30)

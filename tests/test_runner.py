@@ -93,29 +93,40 @@ def test_a_fine_tuning_configs_load_from_gives_way_to_resume_and_test(tmp_path, 
     monkeypatch.setattr(rr, 'print_log', lambda msg, **kw: logged.append(msg))
     start = tmp_path / 'coco_detector.pth'
     start.write_text('')
+    config = tmp_path / 'finetune.py'  # as MMDetection's fine-tuning configs do
+    config.write_text(f'_base_ = {CONFIG!r}\nload_from = {str(start)!r}\nresume = True\n')
+    config = str(config)
     work = tmp_path / 'work'
-    options = {'load_from': str(start)}
     # --resume before the first checkpoint: the fine-tuning starts from load_from.
-    cfg = rr.load_config(CONFIG, cfg_options=options, resume='auto', work_dir=str(work))
+    cfg = rr.load_config(config, resume='auto', work_dir=str(work))
     assert not cfg.resume and cfg.load_from == str(start)
-    # ... and once the run has one, resumes from it.
+    # ... and once the run has one, resumes from it, even with the starting file gone.
     work.mkdir()
     (work / 'iter_2.pth').write_text('')
     (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
-    cfg = rr.load_config(CONFIG, cfg_options=options, resume='auto', work_dir=str(work))
+    start.unlink()
+    cfg = rr.load_config(config, resume='auto', work_dir=str(work))
     assert cfg.resume and cfg.load_from == str(work / 'iter_2.pth')
     # A checkpoint to test or to resume from replaces it, with a warning.
-    cfg = rr.load_config(CONFIG, cfg_options=options, load_from=str(work / 'iter_2.pth'))
-    assert cfg.load_from == str(work / 'iter_2.pth') and not cfg.get('resume')
-    cfg = rr.load_config(CONFIG, cfg_options=options, resume=str(work / 'iter_2.pth'))
+    cfg = rr.load_config(config, load_from=str(work / 'iter_2.pth'))
+    assert cfg.load_from == str(work / 'iter_2.pth')
+    cfg = rr.load_config(config, resume=str(work / 'iter_2.pth'))
     assert cfg.resume and cfg.load_from == str(work / 'iter_2.pth')
     assert f'--resume: no checkpoint in {str(work)!r}; training starts from ' in logged[0]
     assert any(f'load_from={str(start)!r} is not used: testing' in m for m in logged)
+    # Named on the command line beside another checkpoint, one of them would be dropped.
+    with pytest.raises(ValueError, match='both name a checkpoint'):
+        rr.load_config(CONFIG, cfg_options={'load_from': str(work / 'iter_2.pth')},
+                       resume='auto')
+    with pytest.raises(ValueError, match='both name a checkpoint'):
+        rr.load_config(CONFIG, cfg_options={'load_from': str(work / 'iter_2.pth')},
+                       load_from=str(work / 'iter_2.pth'))
 
 
 @pytest.mark.parametrize('options, message', [
     ({'launcher': 'pytorch'}, 'give --launcher instead'),
     ({'strategy.type': 'DDPStrategy'}, "only FlexibleRunner reads strategy; set runner_type"),
+    ({'strategy.type': 'DDPStrategy', 'runner_type': 'Runner'}, 'only FlexibleRunner reads'),
 ])
 def test_options_the_tools_would_override_or_ignore_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
@@ -124,27 +135,31 @@ def test_options_the_tools_would_override_or_ignore_are_refused(options, message
 
 def test_options_mmengine_reads_are_accepted_and_imports_happen():
     import sys
-    sys.modules.pop('resnest_mm.datasets.installed', None)
+    sys.modules.pop('json.tool', None)
     cfg = rr.load_config(CONFIG, cfg_options={
         'sync_bn': 'torch', 'runner_type': 'FlexibleRunner', 'strategy.type': 'DDPStrategy',
-        'custom_imports.imports': ['resnest_mm.datasets.installed']})
+        'custom_imports.imports': ['json.tool']})
     assert cfg.sync_bn == 'torch' and cfg.strategy.type == 'DDPStrategy'
-    assert 'resnest_mm.datasets.installed' in sys.modules
+    assert 'json.tool' in sys.modules
 
 
 def test_scoped_datasets_resolve_without_custom_imports():
     # mmengine imports resnest_mm.registry for a 'resnest_mm.' name; that must reach them.
     import subprocess
     import sys
-    code = ('from mmengine.registry import DefaultScope\n'
-            'import mmdet.registry as D, mmseg.registry as S\n'
+    # A detection run imports no MMSegmentation for it, and a toolbox imported later is found.
+    code = ('import sys\n'
+            'from mmengine.registry import DefaultScope\n'
+            'import mmdet.registry as D\n'
             'with DefaultScope.overwrite_default_scope("mmdet"):\n'
             '    print(D.DATASETS.get("resnest_mm.CheckedCocoDataset").__name__)\n'
+            'print("mmseg" in sys.modules)\n'
+            'import mmseg.registry as S\n'
             'with DefaultScope.overwrite_default_scope("mmseg"):\n'
             '    print(S.TRANSFORMS.get("resnest_mm.CheckSegLabels").__name__)\n')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == ['CheckedCocoDataset', 'CheckSegLabels']
+    assert out == ['CheckedCocoDataset', 'False', 'CheckSegLabels']
 
 
 def test_checkpoint_must_fit_the_model(tmp_path):

@@ -197,9 +197,10 @@ def test_seg_demo_trains_and_evaluates_with_iou_metric(tmp_path):
     # load_from (a fine-tuning start) gives way to the checkpoint to test, with a warning.
     start = str(tmp_path / 'start.pth')
     os.link(str(tmp_path / 'w' / 'iter_2.pth'), start)
-    proc = run_tool('tools/test.py', SEG_DEMO, str(tmp_path / 'w' / 'iter_2.pth'), '--tta',
-                    '--work-dir', str(tmp_path / 't'), '--cfg-options', *options,
-                    f'load_from={start}')
+    finetune = tmp_path / 'finetune.py'
+    finetune.write_text(f'_base_ = {osp.join(ROOT, SEG_DEMO)!r}\nload_from = {start!r}\n')
+    proc = run_tool('tools/test.py', str(finetune), str(tmp_path / 'w' / 'iter_2.pth'), '--tta',
+                    '--work-dir', str(tmp_path / 't'), '--cfg-options', *options)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'mIoU \(%\): \d+\.\d{4}', proc.stdout), proc.stdout[-2000:]
     assert f'load_from={start!r} is not used: testing' in proc.stdout + proc.stderr

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a backbone checkpoint (official ResNeSt, Res2Net, torchvision, timm, MMDetection or
+r"""Convert a backbone checkpoint (official ResNeSt, Res2Net, torchvision, timm, MMDetection or
 MMSegmentation layout) to resnest_mm's layout, strictly, optionally verifying the result.
 
     python tools/convert_weights.py resnest50-528c19ca.pth checkpoints/resnest50_mm.pth \

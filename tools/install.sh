@@ -41,9 +41,19 @@ else
     log "installing build tools"
     pipi --upgrade pip >/dev/null 2>&1 || true
     pipi -r "$ROOT/requirements/build.txt"
-    # torch first, pinned, so nothing later can pull a CUDA build.
-    log "installing torch 2.13.0 (CPU)"
-    pipi torch==2.13.0
+    # torch first, and the CPU build by name: PyPI's plain torch==2.13.0 is the CUDA build
+    # (GBs). The constraints then keep any later requirement from replacing it. An installed
+    # torch 2.13.0 (a CUDA build put there on purpose) is kept.
+    if "$VPY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != "2.13.0")' 2>/dev/null; then
+        log "keeping the installed torch $("$VPY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+    else
+        log "installing torch 2.13.0+cpu"
+        if ! pipi "torch==2.13.0+cpu"; then
+            log "no torch 2.13.0+cpu wheel where pip looks: add PyTorch's CPU index"
+            log "  (export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu) and run again"
+            exit 1
+        fi
+    fi
     log "installing mmengine"
     pipi mmengine==0.10.7
     if ! "$VPY" -c 'import mmcv.ops' 2>/dev/null; then

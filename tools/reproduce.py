@@ -21,7 +21,7 @@ from resnest_mm.reproduce import (REPO_ROOT, collect, demo_rows, full_rows,  # n
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--demo', action='store_true',
                    help='run the demo configs (configs/demo) with tiny schedules on this machine')
     p.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint of an MMDetection or MMSegmentation config of resnest_mm on its test data
+r"""Evaluate a checkpoint of an MMDetection or MMSegmentation config of resnest_mm on its test data
 (the toolbox follows the config's default_scope) and print the metrics.
 
     python tools/test.py configs/demo/faster_rcnn_resnest14_demo.py \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train an MMDetection or MMSegmentation config of resnest_mm (the toolbox follows the config's
+r"""Train an MMDetection or MMSegmentation config of resnest_mm (the toolbox follows the config's
 default_scope) with mmengine's Runner, then print the final validation metrics.
 
     python tools/train.py configs/demo/faster_rcnn_resnest14_demo.py

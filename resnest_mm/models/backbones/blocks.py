@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer, build_plugin_layer
 from mmengine.model import BaseModule
-from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.batchnorm import _NormBase
 
 from ..layers.dcn import conv_or_dcn_cfg
 from ..layers.fold import conv_norm, run_sequential
@@ -141,12 +141,14 @@ class ResidualBlock(BaseModule):
 
 @contextlib.contextmanager
 def _running_stats_kept(module: nn.Module) -> Iterator[None]:
-    """Training batch norms in ``module`` normalise by the batch's statistics as usual but leave
+    """Training norms in ``module`` normalise by the batch's statistics as usual but leave
     their running statistics and batch counter as they are. (They still update them, by a
     momentum of 0: without that update they would save fewer tensors for backward than in the
     first run, which checkpointing refuses.)"""
-    norms = [(m, m.momentum, m.num_batches_tracked) for m in module.modules()
-             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    # Any norm that keeps running statistics (torch's batch and instance norms, mmcv's SyncBN).
+    norms = [(m, m.momentum, getattr(m, 'num_batches_tracked', None)) for m in module.modules()
+             if m.training and getattr(m, 'track_running_stats', False)
+             and getattr(m, 'running_mean', None) is not None and hasattr(m, 'momentum')]
     counts = [None if c is None else c.clone() for _, _, c in norms]
     for m, _, _ in norms:
         m.momentum = 0.0
