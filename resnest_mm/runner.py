@@ -90,18 +90,22 @@ def _work_dir(config: str, cfg: Config, work_dir: Optional[str]) -> str:
     return osp.join('work_dirs', osp.splitext(osp.basename(config))[0])
 
 
+def _option_tops(cfg_options: Optional[Mapping]) -> set:
+    """The top-level config names that ``--cfg-options`` keys change."""
+    return {str(key).split('.')[0] for key in cfg_options or {}}
+
+
 def check_cfg_options(cfg: Mapping, cfg_options: Mapping) -> None:
     """Refuse ``--cfg-options`` keys that would be merged and then ignored: a top-level name the
     config does not have and the runner does not read (``trian_cfg.max_iters``), or a variable of
     the config file (``max_iters``, ``data_root``), which is substituted where the file uses it
     before any option is applied."""
+    runner_type = cfg_options.get('runner_type', cfg.get('runner_type', ''))
     for key in cfg_options:
         top = str(key).split('.')[0]
         if top == 'launcher':
             raise ValueError(f'--cfg-options {key}: the tools set the launcher from --launcher, '
                              'after the options; give --launcher instead')
-        runner_type = next((v for k, v in cfg_options.items() if k == 'runner_type'),
-                           cfg.get('runner_type', ''))
         if top == 'strategy' and 'FlexibleRunner' not in str(runner_type):
             raise ValueError(f'--cfg-options {key}: only FlexibleRunner reads strategy; set '
                              "runner_type='FlexibleRunner' too")
@@ -159,7 +163,7 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         if cfg_options:
             check_cfg_options(cfg, cfg_options)
             cfg.merge_from_dict(dict(cfg_options))
-            if any(str(k).split('.')[0] == 'custom_imports' for k in cfg_options):
+            if 'custom_imports' in _option_tops(cfg_options):
                 # Config.fromfile imported the file's list before the options changed it.
                 from mmengine.utils import import_modules_from_strings
                 import_modules_from_strings(**cfg.custom_imports)
@@ -173,21 +177,16 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         raise ValueError(f'work_dir {cfg.work_dir!r} is a file; expected a folder')
     cfg.launcher = launcher
     given = cfg.get('load_from')
-    if given and any(str(k).split('.')[0] == 'load_from' for k in cfg_options or {}) and (
+    if given and 'load_from' in _option_tops(cfg_options) and (
             resume is not None or load_from is not None):
         # Named on the command line next to another checkpoint: one would be dropped.
         other = '--resume' if resume is not None else 'the checkpoint to test'
         raise ValueError(f'--cfg-options load_from={given!r} and {other} both name a '
                          'checkpoint; give one')
-    latest = None
-    if resume == 'auto' and given:
-        from mmengine.runner import find_latest_checkpoint
-        latest = find_latest_checkpoint(cfg.work_dir)
-    used = given and load_from is None and (resume is None or (resume == 'auto' and not latest))
-    if used and '://' not in given and not osp.isfile(given):
-        raise FileNotFoundError(f'load_from checkpoint {given!r} does not exist')
     if resume == 'auto' and given:
         # A fine-tuning run: its own latest checkpoint if it has one, else where it starts from.
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(cfg.work_dir)
         if latest is None:
             print_log(f'--resume: no checkpoint in {cfg.work_dir!r}; training starts from '
                       f'load_from={given!r}', logger='current', level=30)
@@ -202,6 +201,10 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         print_log(f'load_from={given!r} is not used: '
                   + (f'resuming from {resume!r}' if resume is not None
                      else f'testing {load_from!r}'), logger='current', level=30)
+    # Checked only where it is what the run starts from.
+    if (given and resume is None and load_from is None and '://' not in given
+            and not osp.isfile(given)):
+        raise FileNotFoundError(f'load_from checkpoint {given!r} does not exist')
     if resume is not None:
         cfg.resume = True
         cfg.load_from = None if resume == 'auto' else resume
