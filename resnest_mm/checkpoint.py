@@ -114,13 +114,15 @@ class Layout:
     description: str
     marker: str  # a key only this layout has
     renames: tuple[tuple[str, str], ...] = ()  # regex -> replacement, applied in order
+    inverse: tuple[tuple[str, str], ...] = ()  # our keys back to this layout's
 
 
 LAYOUTS: tuple[Layout, ...] = (
     Layout('mm', 'MMDetection/MMSegmentation/resnest_mm (deep stem)', 'stem.0.weight'),
     Layout('deep-stem', 'official ResNeSt, Res2Net-v1b release, timm resnest*/res2net*d',
            'conv1.0.weight',
-           renames=((r'^conv1\.(\d+)\.', r'stem.\1.'), (r'^bn1\.', 'stem.7.'))),
+           renames=((r'^conv1\.(\d+)\.', r'stem.\1.'), (r'^bn1\.', 'stem.7.')),
+           inverse=((r'^stem\.7\.', 'bn1.'), (r'^stem\.(\d+)\.', r'conv1.\1.'))),
     Layout('plain-stem', 'torchvision/timm ResNet and ResNeXt, original Res2Net, MM plain stem',
            'conv1.weight'),
 )
@@ -243,15 +245,12 @@ def convert_state_dict(state: dict, model: nn.Module, prefix: Optional[str] = No
     layout = detect_layout(state)
     report = ConversionReport(layout=layout.name, prefix=used_prefix,
                               dropped_other_modules=others)
-    renames = [(re.compile(p), r) for p, r in layout.renames]
     converted: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
     for key, value in state.items():
         if CLASSIFIER_KEYS.match(key):
             report.dropped_classifier.append(key)
             continue
-        for pattern, repl in renames:
-            key = pattern.sub(repl, key)
-        converted[key] = value
+        converted[_renamed(key, layout.renames)] = value
 
     target = model.state_dict()
     unbuilt = _unbuilt_stage_prefixes(model)
@@ -272,17 +271,23 @@ def convert_state_dict(state: dict, model: nn.Module, prefix: Optional[str] = No
     wrong_shape = [f'{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(target[k].shape)}'
                    for k in converted if k in target and converted[k].shape != target[k].shape]
     # load_state_dict would cast an integer tensor into a float parameter without a word.
-    wrong_shape += [f'{k}: checkpoint {converted[k].dtype} vs model {target[k].dtype}'
-                    for k in converted if k in target
-                    and converted[k].is_floating_point() != target[k].is_floating_point()
-                    and not k.endswith('num_batches_tracked')]
-    if unexpected or missing or wrong_shape:
+    wrong_kind = [f'{k}: checkpoint {converted[k].dtype} vs model {target[k].dtype}'
+                  for k in converted if k in target
+                  and converted[k].is_floating_point() != target[k].is_floating_point()
+                  and not k.endswith('num_batches_tracked')]
+    if unexpected or missing or wrong_shape or wrong_kind:
         raise CheckpointMismatchError(_mismatch_message(model, layout, unexpected, missing,
-                                                        wrong_shape))
+                                                        wrong_shape, wrong_kind))
     report.cast_from = sorted({str(converted[k].dtype).replace('torch.', '') for k in target
                                if target[k].is_floating_point()
                                and converted[k].dtype != target[k].dtype})
     return OrderedDict((k, converted[k]) for k in target), report
+
+
+def _renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for pattern, repl in renames:
+        key = re.sub(pattern, repl, key)
+    return key
 
 
 def _added_module_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -305,7 +310,7 @@ def _unbuilt_stage_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 
 def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missing: list,
-                      wrong_shape: list) -> str:
+                      wrong_shape: list, wrong_kind: list) -> str:
     def block(title: str, items: list) -> str:
         if not items:
             return ''
@@ -321,19 +326,20 @@ def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missin
     if layout.name == 'plain-stem' and model_deep:
         hints.append('the checkpoint has a 7x7 stem but the model a deep one: set '
                      'deep_stem=False (and avg_down=False for the original Res2Net/ResNet)')
-    if any(s.startswith('stem.') and ' vs model torch.' not in s for s in wrong_shape):
+    if any(s.startswith('stem.') for s in wrong_shape):
         hints.append('stem widths differ: ResNeSt-50 and smaller use stem_channels=64, '
                      'ResNeSt-101 and deeper 128')
     if any('downsample.' in k for k in unexpected + missing):
         hints.append('shortcut layout differs: check avg_down')
-    if any(' vs model ' in k and 'torch.' in k for k in wrong_shape):
+    if wrong_kind:
         hints.append('integer tensors where the model has floating ones (or the reverse): is '
                      'this a checkpoint of weights?')
     text = (f'checkpoint (layout {layout.name!r}: {layout.description}) does not fit '
             f'{type(model).__name__}:'
             + block('keys in the checkpoint that the model does not have', unexpected)
             + block('model parameters/buffers the checkpoint does not provide', missing)
-            + block('shape mismatches', wrong_shape))
+            + block('shape mismatches', wrong_shape)
+            + block('integer vs floating tensors', wrong_kind))
     if hints:
         text += '\n  hints: ' + '; '.join(hints)
     return text
@@ -378,13 +384,9 @@ class ConversionResult:
 
 
 def _official_keys(state: 'OrderedDict[str, torch.Tensor]') -> 'OrderedDict[str, torch.Tensor]':
-    """resnest_mm's (MM) keys renamed to the official deep-stem layout: the inverse of the
-    'deep-stem' layout's renames (``stem.7.`` is ``bn1.``, ``stem.N.`` is ``conv1.N.``)."""
-    out = OrderedDict()
-    for key, value in state.items():
-        key = re.sub(r'^stem\.7\.', 'bn1.', key)
-        out[re.sub(r'^stem\.(\d+)\.', r'conv1.\1.', key)] = value
-    return out
+    """resnest_mm's (MM) keys renamed to the official deep-stem layout."""
+    inverse = next(layout.inverse for layout in LAYOUTS if layout.name == 'deep-stem')
+    return OrderedDict((_renamed(key, inverse), value) for key, value in state.items())
 
 
 def _official_reference(variant: str):
