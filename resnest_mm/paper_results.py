@@ -54,10 +54,15 @@ SOURCES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Reference:
-    """A published result: metric -> value (%), its source key and training schedule."""
+    """A published result: metric -> value (%), its source key and training schedule.
+
+    ``entry`` names the model in the toolbox's metafile for ``mmdet-*``/``mmseg-*`` sources, so
+    that the tests can check every such value against the installed metafile.
+    """
     values: dict[str, float]
     source: str
     schedule: str
+    entry: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,12 @@ class PaperRow:
 
 def _det(method: str, cfg: str, backbone: str, name: str, box: Optional[float] = None,
          mask: Optional[float] = None, source: str = 'resnest-d2', schedule: str = '1x',
-         also: tuple = ()) -> PaperRow:
+         entry: Optional[str] = None, also: tuple = ()) -> PaperRow:
     table = 'coco_inst' if 'mask' in cfg else 'coco_det'
     values = {'bbox_mAP': box} if mask is None else {'bbox_mAP': box, 'segm_mAP': mask}
     return PaperRow(key=f'{cfg}_{name}', table=table, method=method, backbone=backbone,
                     config=f'configs/{cfg}_{name}_fpn.py',
-                    published=None if box is None else Reference(values, source, schedule),
+                    published=None if box is None else Reference(values, source, schedule, entry),
                     also=also)
 
 
@@ -111,46 +116,57 @@ ROWS: tuple[PaperRow, ...] = (
     _det('Faster R-CNN', 'faster_rcnn', 'ResNet-50', 'resnet50', 39.25),
     _det('Faster R-CNN', 'faster_rcnn', 'ResNet-101', 'resnet101', 41.37),
     _det('Faster R-CNN', 'faster_rcnn', 'ResNeXt-101 32x4d', 'resnext101_32x4d', 41.2,
-         source='mmdet-faster_rcnn'),
+         source='mmdet-faster_rcnn', entry='faster-rcnn_x101-32x4d_fpn_1x_coco'),
     _det('Faster R-CNN', 'faster_rcnn', 'Res2Net-101', 'res2net101', 43.0,
-         source='mmdet-res2net', schedule='2x'),
+         source='mmdet-res2net', schedule='2x', entry='faster-rcnn_res2net-101_fpn_2x_coco'),
     _det('Faster R-CNN', 'faster_rcnn', 'ResNeSt-50', 'resnest50', 42.33,
-         also=(Reference({'bbox_mAP': 42.0}, 'mmdet-resnest', '1x ms-range'),)),
+         also=(Reference({'bbox_mAP': 42.0}, 'mmdet-resnest', '1x ms-range',
+                         'faster-rcnn_s50_fpn_syncbn-backbone+head_ms-range-1x_coco'),)),
     _det('Faster R-CNN', 'faster_rcnn', 'ResNeSt-101', 'resnest101', 44.72,
-         also=(Reference({'bbox_mAP': 44.5}, 'mmdet-resnest', '1x ms-range'),)),
+         also=(Reference({'bbox_mAP': 44.5}, 'mmdet-resnest', '1x ms-range',
+                         'faster-rcnn_s101_fpn_syncbn-backbone+head_ms-range-1x_coco'),)),
     _det('Cascade R-CNN', 'cascade_rcnn', 'ResNet-50', 'resnet50', 42.52),
     _det('Cascade R-CNN', 'cascade_rcnn', 'ResNet-101', 'resnet101', 44.03),
     _det('Cascade R-CNN', 'cascade_rcnn', 'ResNeSt-50', 'resnest50', 45.41,
-         also=(Reference({'bbox_mAP': 44.5}, 'mmdet-resnest', '1x ms-range'),)),
+         also=(Reference({'bbox_mAP': 44.5}, 'mmdet-resnest', '1x ms-range',
+                         'cascade-rcnn_s50_fpn_syncbn-backbone+head_ms-range-1x_coco'),)),
     _det('Cascade R-CNN', 'cascade_rcnn', 'ResNeSt-101', 'resnest101', 47.50,
-         also=(Reference({'bbox_mAP': 46.8}, 'mmdet-resnest', '1x ms-range'),)),
+         also=(Reference({'bbox_mAP': 46.8}, 'mmdet-resnest', '1x ms-range',
+                         'cascade-rcnn_s101_fpn_syncbn-backbone+head_ms-range-1x_coco'),)),
     # COCO instance segmentation
     _det('Mask R-CNN', 'mask_rcnn', 'ResNet-50', 'resnet50', 39.97, 36.05),
     _det('Mask R-CNN', 'mask_rcnn', 'ResNet-101', 'resnet101', 41.78, 37.51),
     _det('Mask R-CNN', 'mask_rcnn', 'ResNeXt-101 32x4d', 'resnext101_32x4d', 41.9, 37.5,
-         source='mmdet-mask_rcnn'),
+         source='mmdet-mask_rcnn', entry='mask-rcnn_x101-32x4d_fpn_1x_coco'),
     _det('Mask R-CNN', 'mask_rcnn', 'Res2Net-101', 'res2net101', 43.6, 38.7,
-         source='mmdet-res2net', schedule='2x'),
+         source='mmdet-res2net', schedule='2x', entry='mask-rcnn_res2net-101_fpn_2x_coco'),
     _det('Mask R-CNN', 'mask_rcnn', 'ResNeSt-50', 'resnest50', 42.81, 38.14,
-         also=(Reference({'bbox_mAP': 42.6, 'segm_mAP': 38.1}, 'mmdet-resnest', '1x ms'),)),
+         also=(Reference({'bbox_mAP': 42.6, 'segm_mAP': 38.1}, 'mmdet-resnest', '1x ms',
+                         'mask-rcnn_s50_fpn_syncbn-backbone+head_ms-1x_coco'),)),
     _det('Mask R-CNN', 'mask_rcnn', 'ResNeSt-101', 'resnest101', 45.75, 40.65,
-         also=(Reference({'bbox_mAP': 45.2, 'segm_mAP': 40.2}, 'mmdet-resnest', '1x ms'),)),
+         also=(Reference({'bbox_mAP': 45.2, 'segm_mAP': 40.2}, 'mmdet-resnest', '1x ms',
+                         'mask-rcnn_s101_fpn_syncbn-backbone+head_ms-1x_coco'),)),
     _det('Cascade Mask R-CNN', 'cascade_mask_rcnn', 'ResNet-50', 'resnet50', 43.06, 37.19),
     _det('Cascade Mask R-CNN', 'cascade_mask_rcnn', 'ResNet-101', 'resnet101', 44.79, 38.52),
     _det('Cascade Mask R-CNN', 'cascade_mask_rcnn', 'ResNeSt-50', 'resnest50', 46.19, 39.55,
-         also=(Reference({'bbox_mAP': 45.4, 'segm_mAP': 39.5}, 'mmdet-resnest', '1x ms'),)),
+         also=(Reference({'bbox_mAP': 45.4, 'segm_mAP': 39.5}, 'mmdet-resnest', '1x ms',
+                         'cascade-mask-rcnn_s50_fpn_syncbn-backbone+head_ms-1x_coco'),)),
     _det('Cascade Mask R-CNN', 'cascade_mask_rcnn', 'ResNeSt-101', 'resnest101', 48.30, 41.56,
-         also=(Reference({'bbox_mAP': 47.7, 'segm_mAP': 41.4}, 'mmdet-resnest', '1x ms'),)),
+         also=(Reference({'bbox_mAP': 47.7, 'segm_mAP': 41.4}, 'mmdet-resnest', '1x ms',
+                         'cascade-mask-rcnn_s101_fpn_syncbn-backbone+head_ms-1x_coco'),)),
     # ADE20K semantic segmentation
     _seg('ResNet-50', 'resnet50', 42.1, 'resnest-paper',
-         also=(Reference({'mIoU': 42.66}, 'mmseg-deeplabv3', '160k'),)),
+         also=(Reference({'mIoU': 42.66}, 'mmseg-deeplabv3', '160k',
+                         'deeplabv3_r50-d8_4xb4-160k_ade20k-512x512'),)),
     _seg('ResNet-101', 'resnet101', 44.1, 'gluoncv',
-         also=(Reference({'mIoU': 45.0}, 'mmseg-deeplabv3', '160k'),)),
+         also=(Reference({'mIoU': 45.0}, 'mmseg-deeplabv3', '160k',
+                         'deeplabv3_r101-d8_4xb4-160k_ade20k-512x512'),)),
     _seg('ResNeXt-101 32x4d', 'resnext101_32x4d', None, None),
     _seg('Res2Net-101', 'res2net101', None, None),
     _seg('ResNeSt-50', 'resnest50', 45.12, 'encoding'),
     _seg('ResNeSt-101', 'resnest101', 46.91, 'encoding',
-         also=(Reference({'mIoU': 45.71}, 'mmseg-resnest', '160k'),)),
+         also=(Reference({'mIoU': 45.71}, 'mmseg-resnest', '160k',
+                         'resnest_s101-d8_deeplabv3_4xb4-160k_ade20k-512x512'),)),
 )
 
 

@@ -5,6 +5,25 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 
+def check_output_folder(path: str, *, name: str) -> None:
+    """Fail before a long run, not after it, when a folder of outputs could not be made.
+
+    Args:
+        path: The folder (made later when missing).
+        name: The argument or flag that gave it, for the message.
+
+    Raises:
+        ValueError: ``path`` is a file or lies under one.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f'{name}={path!r} is a file; expected a folder')
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f'{name}={path!r} cannot be made: {parent!r} is a file, not a folder')
+
+
 def check_output_file(path: str, *, name: str, extensions: Optional[Sequence[str]] = None
                       ) -> None:
     """Fail before a long run, not after it, when its output file could not be written.

@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Optional, Sequence
 
 from .paper_results import (FRACTION_METRICS, LOG_KEYS, ROWS, SOURCES, TABLES, PaperRow,
@@ -37,6 +37,8 @@ from .paper_results import (FRACTION_METRICS, LOG_KEYS, ROWS, SOURCES, TABLES, P
 from .report import ProgressBar, markdown_table
 
 STATUS_FILE = 'reproduce_status.json'
+#: The exit status recorded for a test stage that found no checkpoint to test.
+NO_CHECKPOINT = -3
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,6 +64,20 @@ def full_rows(keys: Optional[Sequence[str]] = None,
     """The paper's rows (all, or those whose key matches one of ``keys`` as a regex)."""
     rows = [RunRow(**{f.name: getattr(r, f.name) for f in fields(PaperRow)}) for r in ROWS]
     return _select(rows, keys, tables)
+
+
+def with_gpus(row: RunRow, gpus: int) -> RunRow:
+    """The row run on ``gpus`` GPUs instead of its recipe's.
+
+    The configs fix the images per GPU, so another GPU count changes the total batch; the
+    learning rate then follows it (``auto_scale_lr.enable=True``: mmengine scales it by the total
+    batch over the configs' ``auto_scale_lr.base_batch_size``, 16).
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f'gpus={gpus!r} is not valid; expected an integer >= 1')
+    if gpus == row.gpus:
+        return row
+    return replace(row, gpus=gpus, cfg_options=row.cfg_options + ('auto_scale_lr.enable=True',))
 
 
 def _select(rows: list[RunRow], keys: Optional[Sequence[str]],
@@ -166,8 +182,14 @@ def _backbone_label(backbone: dict) -> str:
 def _tiny_schedule(cfg: Any, iters: int) -> tuple[str, ...]:
     loop = cfg.get('train_cfg', {}) or {}
     if 'max_iters' in loop:
-        return (f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-                f'default_hooks.checkpoint.interval={iters}')
+        options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+                   f'default_hooks.checkpoint.interval={iters}']
+        # A run shorter than the logging interval logs no loss, and its logs would not show
+        # that it was a training run (see planned_end).
+        interval = ((cfg.get('default_hooks') or {}).get('logger') or {}).get('interval')
+        if isinstance(interval, int) and interval > iters:
+            options.append(f'default_hooks.logger.interval={iters}')
+        return tuple(options)
     return ('train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
             'default_hooks.checkpoint.interval=1')
 
@@ -251,13 +273,21 @@ def planned_end(work_dir: str) -> Optional[tuple[str, int]]:
     Read from the config that run saved with its logs (``<timestamp>/vis_data/config.py``): the
     config dumped at the top of the work dir is rewritten by every later run, a test run
     included, which does not carry the training's ``--cfg-options``. That dump is the fallback.
+    A training run is one that logged a loss, else (a run shorter than the logging interval)
+    one that left no test metrics (``<timestamp>/<timestamp>.json``).
     """
-    for ts_dir in reversed(_timestamp_dirs(work_dir)):
-        entries = _json_lines(os.path.join(ts_dir, 'vis_data', 'scalars.json'))
-        if any('loss' in e for e in entries):
-            end = _train_loop_end(os.path.join(ts_dir, 'vis_data', 'config.py'))
-            if end is not None:
-                return end
+    runs = list(reversed(_timestamp_dirs(work_dir)))
+    trained = [d for d in runs
+               if any('loss' in e for e in _json_lines(os.path.join(d, 'vis_data',
+                                                                     'scalars.json')))]
+    # A training run shorter than the logging interval logs no loss; unlike a test run it
+    # leaves no ``<timestamp>.json`` of metrics.
+    unlogged = [d for d in runs if d not in trained
+                and not os.path.isfile(os.path.join(d, os.path.basename(d) + '.json'))]
+    for ts_dir in trained + unlogged:
+        end = _train_loop_end(os.path.join(ts_dir, 'vis_data', 'config.py'))
+        if end is not None:
+            return end
     dumped = sorted(glob.glob(os.path.join(work_dir, '*.py')), key=os.path.getmtime)
     for path in reversed(dumped):
         end = _train_loop_end(path)
@@ -275,8 +305,17 @@ def _metrics_of(entry: dict) -> dict[str, float]:
     return out
 
 
-def collect_row(work_dir: str, key: Optional[str] = None) -> RowResult:
-    """Read a row's state and final metrics from its work dir (see the module docstring)."""
+def collect_row(work_dir: str, key: Optional[str] = None,
+                metrics: Sequence[str] = ()) -> RowResult:
+    """Read a row's state and final metrics from its work dir (see the module docstring).
+
+    Args:
+        work_dir: The row's work dir.
+        key: The row's key (default: the folder's name).
+        metrics: The metrics the row's table shows (``TABLES[table][1]``). Each is taken from
+            the newest test run after training, else from the validation at the last step; the
+            row is finished only when all of them were found. Empty: any metric will do.
+    """
     key = key or os.path.basename(os.path.normpath(work_dir))
     if not os.path.isdir(work_dir) or not os.listdir(work_dir):
         return RowResult(key, 'not run')
@@ -293,9 +332,9 @@ def collect_row(work_dir: str, key: Optional[str] = None) -> RowResult:
     trained_to = 0
     for ts_dir in _timestamp_dirs(work_dir):
         for entry in _json_lines(os.path.join(ts_dir, 'vis_data', 'scalars.json')):
-            metrics = _metrics_of(entry)
-            if metrics:
-                val.append((int(entry.get('step', 0)), metrics))
+            logged = _metrics_of(entry)
+            if logged:
+                val.append((int(entry.get('step', 0)), logged))
             elif 'loss' in entry:
                 unit = plan[0] if plan else 'iter'
                 trained_to = max(trained_to, int(entry.get(unit, entry.get('step', 0)) or 0))
@@ -308,12 +347,15 @@ def collect_row(work_dir: str, key: Optional[str] = None) -> RowResult:
     progress_done = done[1] if done and done[0] == unit else trained_to
     result = RowResult(key, 'unfinished', trained=trained, tested=bool(test),
                        progress=(unit, progress_done, plan[1] if plan else None))
+    missing: list[str] = []
     if trained:
         final_val = [m for step, m in val if step >= plan[1]]
-        if test:
-            result.metrics = test
-        elif final_val:
-            result.metrics = final_val[-1]
+        final = final_val[-1] if final_val else {}
+        result.metrics = dict(test) if test else dict(final)
+        for name in metrics:
+            if name not in result.metrics and name in final:
+                result.metrics[name] = final[name]
+        missing = [m for m in metrics if m not in result.metrics]
     status = _read_json(os.path.join(work_dir, STATUS_FILE))
     stages = status.get('stages', []) if isinstance(status, dict) else []
     last = stages[-1] if stages else None
@@ -321,9 +363,12 @@ def collect_row(work_dir: str, key: Optional[str] = None) -> RowResult:
         result.status = 'failed'
         result.detail = (f"{last.get('stage', '?')} exited with {last['returncode']}"
                          + (f" (log: {last['log']})" if last.get('log') else ''))
-    elif trained and result.metrics:
+    elif trained and result.metrics and not missing:
         result.status = 'finished'
         result.detail = 'test' if test else 'final validation'
+    elif trained and result.metrics:
+        result.detail = (f'{unit} {progress_done}/{plan[1]}, trained; no '
+                         + ', '.join(missing) + ' in the test run or the final validation')
     else:
         running = last is not None and last.get('returncode') is None
         planned = f'/{plan[1]}' if plan else ''
@@ -357,7 +402,7 @@ def commands(row: RunRow, work_root: str, demo: bool, state: Optional[RowResult]
     one CPU process. A row whose training stopped part way resumes (``--resume``).
     """
     work_dir = os.path.join(work_root, row.key)
-    state = state or collect_row(work_dir, row.key)
+    state = state or collect_row(work_dir, row.key, TABLES[row.table][1])
     if state.status == 'finished':
         return []
     stages: list[tuple[str, list[str]]] = []
@@ -406,15 +451,24 @@ def _record(work_dir: str, key: str, entry: dict, replace_last: bool) -> None:
 
 def run_stage(row: RunRow, stage: str, argv: list[str], work_root: str) -> int:
     """Run one stage, its output into ``<work dir>/reproduce_<stage>.log``, its exit status
-    into the status file (a stage that dies with this process stays ``returncode: null``)."""
+    into the status file (a stage that dies with this process stays ``returncode: null``; a
+    test stage with no checkpoint to test is recorded as failed with :data:`NO_CHECKPOINT`)."""
     work_dir = os.path.join(work_root, row.key)
     os.makedirs(work_dir, exist_ok=True)
+    log = os.path.join(work_dir, f'reproduce_{stage}.log')
     if stage == 'test' and any(a.startswith('$(cat ') for a in argv):
         ckpt = _ckpt_path(work_dir)
         if ckpt is None:
-            raise FileNotFoundError(f'{work_dir}/last_checkpoint: training left no checkpoint')
+            message = (f'{work_dir}/last_checkpoint is missing: training left no checkpoint '
+                       'to test')
+            with open(log, 'w') as out:
+                out.write(message + '\n')
+            now = time.strftime('%Y-%m-%d %H:%M:%S')
+            _record(work_dir, row.key, dict(stage=stage, command=shell_line(argv), log=log,
+                                            started=now, ended=now, returncode=NO_CHECKPOINT,
+                                            error=message), replace_last=False)
+            return NO_CHECKPOINT
         argv = [ckpt if a.startswith('$(cat ') else a for a in argv]
-    log = os.path.join(work_dir, f'reproduce_{stage}.log')
     entry: dict[str, Any] = dict(stage=stage, command=shell_line(argv), log=log,
                                  started=time.strftime('%Y-%m-%d %H:%M:%S'), returncode=None)
     _record(work_dir, row.key, entry, replace_last=False)
@@ -434,7 +488,7 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
     is recorded and the next row goes on."""
     plans = []
     for row in rows:
-        state = collect_row(os.path.join(work_root, row.key), row.key)
+        state = collect_row(os.path.join(work_root, row.key), row.key, TABLES[row.table][1])
         plans.append((row, state, commands(row, work_root, demo, state)))
     if dry_run:
         for row, state, stages in plans:
@@ -456,6 +510,10 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
             if row.derived_from:
                 write_derived_config(row)
             for stage, argv in stages:
+                # Logged before the stage, so that logs without a live bar (nohup, Slurm) show
+                # what runs now and where its output goes.
+                echo(f'{row.key}: {stage} started (log: '
+                     f'{os.path.join(work_root, row.key)}/reproduce_{stage}.log)')
                 bar.step(f'{row.key}: {stage}', 0)
                 rc = run_stage(row, stage, argv, work_root)
                 bar.step(f'{row.key}: {stage}')
@@ -473,7 +531,8 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
 # ------------------------------------------------------------------------------------------------
 # Tables
 def collect(rows: Sequence[RunRow], work_root: str) -> dict[str, RowResult]:
-    return {r.key: collect_row(os.path.join(work_root, r.key), r.key) for r in rows}
+    return {r.key: collect_row(os.path.join(work_root, r.key), r.key, TABLES[r.table][1])
+            for r in rows}
 
 
 def _status_cell(res: RowResult) -> str:

@@ -137,6 +137,9 @@ def test_commands_skip_finished_and_resume_unfinished():
     (['--demo', '--gpus', '4', '--dry-run'], '--gpus applies to the full-scale rows'),
     (['--rows', '(', '--dry-run'], "rows: '(' is not a regular expression"),
     (['--rows', 'no_such_row', '--dry-run'], "match no row"),
+    (['--collect-only', '--gpus', '2'], '--gpus only matter(s) when rows run'),
+    (['--demo', '--collect-only', '--demo-iters', '3'], '--demo-iters only matter(s)'),
+    (['--dry-run', '--out', 'somewhere'], '--dry-run writes none'),
 ])
 def test_cli_refuses_arguments_it_would_ignore_or_cannot_use(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as err:
@@ -162,7 +165,18 @@ def test_dry_run_prints_every_full_scale_command(tmp_path, capsys):
         'resnet50', 'resnet101', 'resnest50', 'resnest101', 'resnext101_32x4d', 'res2net101')}
     assert configs == expected
     assert all(ln.split()[3] == '2' for ln in train)
+    # 2 GPUs instead of 8 or 4: a quarter or half the batch, so the learning rate follows it.
+    assert all(ln.endswith('--cfg-options auto_scale_lr.enable=True') for ln in train)
+    assert any('learning rate is scaled' in ln for ln in out)
     assert not os.listdir(tmp_path)  # a dry run writes nothing
+
+
+def test_gpus_of_the_recipe_keep_its_learning_rate():
+    row = rp.full_rows(['^faster_rcnn_resnest50$'])[0]
+    assert rp.with_gpus(row, 8) is row
+    assert rp.with_gpus(row, 16).cfg_options == ('auto_scale_lr.enable=True',)
+    with pytest.raises(ValueError, match='gpus=0 is not valid'):
+        rp.with_gpus(row, 0)
 
 
 def test_row_selection_and_bad_input():
@@ -173,6 +187,94 @@ def test_row_selection_and_bad_input():
         rp.full_rows(['retinanet'])
     with pytest.raises(ValueError, match="'voc'"):
         rp.full_rows(tables=['voc'])
+
+
+def test_output_folders_that_cannot_be_made_are_refused_before_running(tmp_path, capsys):
+    afile = tmp_path / 'afile'
+    afile.write_text('')
+    for args, message in ((['--work-root', str(afile)], "--work-root='"),
+                          (['--work-root', str(tmp_path / 'runs'), '--out', str(afile / 'x')],
+                           "--out='")):
+        with pytest.raises(SystemExit) as err:
+            _cli().main(['--collect-only', *args])
+        assert err.value.code == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and 'is a file' in captured.err
+        assert captured.out == ''  # refused before any table was rendered
+    assert sorted(os.listdir(tmp_path)) == ['afile']
+
+
+def test_relative_work_root_is_made_absolute(tmp_path, capsys, monkeypatch):
+    # The stages run in the repository root: a relative path would point elsewhere there.
+    monkeypatch.chdir(tmp_path)
+    _cli().main(['--dry-run', '--rows', '^faster_rcnn_resnest50$', '--work-root', 'runs'])
+    train = [ln for ln in capsys.readouterr().out.splitlines() if 'dist_train' in ln]
+    assert train[0].endswith(f'--work-dir {tmp_path}/runs/faster_rcnn_resnest50')
+
+
+def _mask_rcnn_run(tmp_path, test_metrics):
+    work = tmp_path / 'mask_rcnn_resnest50'
+    shutil.copytree(os.path.join(RUNS, 'mask_rcnn_resnest50'), work)
+    (work / '20240103_080000' / '20240103_080000.json').write_text(json.dumps(test_metrics))
+    return work
+
+
+def test_a_row_is_finished_only_with_every_metric_of_its_table(tmp_path):
+    table_metrics = pr.TABLES['coco_inst'][1]
+    # The test run gave no mask AP: the final validation's (38.0) fills it in.
+    work = _mask_rcnn_run(tmp_path, {'coco/bbox_mAP': 0.427})
+    res = rp.collect_row(str(work), metrics=table_metrics)
+    assert res.status == 'finished'
+    assert res.metrics == pytest.approx({'bbox_mAP': 42.7, 'segm_mAP': 38.0})
+    # Neither gave it: not finished, and the table says what is missing.
+    scalars = work / '20240101_120000' / 'vis_data' / 'scalars.json'
+    scalars.write_text('\n'.join(ln for ln in scalars.read_text().splitlines()
+                                 if 'segm_mAP' not in ln))
+    res = rp.collect_row(str(work), metrics=table_metrics)
+    assert res.status == 'unfinished'
+    assert 'trained; no segm_mAP in the test run or the final validation' in res.detail
+    row = rp.full_rows(['^mask_rcnn_resnest50$'])[0]
+    assert [s for s, _ in rp.commands(row, str(tmp_path), demo=False)] == ['test']
+
+
+def test_a_training_run_shorter_than_the_log_interval_is_still_found(tmp_path):
+    # It logged no loss; the test run after it rewrote the top-level config without the
+    # training's --cfg-options (max_iters 600 there, 5 in the run's own).
+    work = tmp_path / 'demo_row'
+    train_run, test_run = work / '20240101_120000', work / '20240101_120500'
+    (train_run / 'vis_data').mkdir(parents=True)
+    (test_run / 'vis_data').mkdir(parents=True)
+    (train_run / 'vis_data' / 'config.py').write_text("train_cfg = dict(max_iters=5)\n")
+    (train_run / 'vis_data' / 'scalars.json').write_text('{"mIoU": 20.5, "step": 5}\n')
+    (test_run / 'vis_data' / 'config.py').write_text("train_cfg = dict(max_iters=600)\n")
+    (test_run / '20240101_120500.json').write_text('{"mIoU": 20.6}')
+    (work / 'demo.py').write_text("train_cfg = dict(max_iters=600)\n")
+    (work / 'last_checkpoint').write_text(str(work / 'iter_5.pth'))
+    assert rp.planned_end(str(work)) == ('iter', 5)
+    res = rp.collect_row(str(work), metrics=('mIoU',))
+    assert res.status == 'finished' and res.metrics == {'mIoU': 20.6}
+
+
+def test_demo_schedule_logs_within_its_iterations():
+    from mmengine.config import Config
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'demo',
+                                       'deeplabv3_resnest14-d8_demo-ade.py'))
+    assert 'default_hooks.logger.interval=5' in rp._tiny_schedule(cfg, 5)
+    assert not any('logger' in o for o in rp._tiny_schedule(cfg, 40))
+
+
+def test_a_test_stage_without_checkpoint_fails_and_the_next_row_goes_on(tmp_path, monkeypatch):
+    rows = rp.full_rows(['^faster_rcnn_resnest50$', '^faster_rcnn_resnest101$'])
+    test = ('test', [sys.executable, '-c', 'pass', '$(cat x/last_checkpoint)'])
+    monkeypatch.setattr(rp, 'commands', lambda row, *a, **k: [test])
+    lines: list[str] = []
+    rp.run_rows(rows, str(tmp_path), demo=False, echo=lines.append, progress=False)
+    for row in rows:
+        res = rp.collect_row(str(tmp_path / row.key))
+        assert res.status == 'failed' and f'test exited with {rp.NO_CHECKPOINT}' in res.detail
+        assert 'no checkpoint' in (tmp_path / row.key / 'reproduce_test.log').read_text()
+    assert any(ln.startswith('faster_rcnn_resnest101: test started (log: ') for ln in lines)
+    assert sum('FAILED' in ln for ln in lines) == 2
 
 
 def test_run_stage_records_exit_status(tmp_path):
@@ -203,46 +305,34 @@ def test_collect_only_writes_markdown_json_and_chart(tmp_path, capsys):
     assert (tmp_path / 'out' / 'results.md').read_text().startswith('### COCO object')
 
 
-# Published numbers that the toolboxes' metafiles hold (checked against the installed copies).
-METAFILE_CHECKS = [
-    ('mmdet', 'faster_rcnn/metafile.yml', 'faster-rcnn_x101-32x4d_fpn_1x_coco',
-     'faster_rcnn_resnext101_32x4d', 'bbox_mAP', 'box AP'),
-    ('mmdet', 'mask_rcnn/metafile.yml', 'mask-rcnn_x101-32x4d_fpn_1x_coco',
-     'mask_rcnn_resnext101_32x4d', 'segm_mAP', 'mask AP'),
-    ('mmdet', 'res2net/metafile.yml', 'faster-rcnn_res2net-101_fpn_2x_coco',
-     'faster_rcnn_res2net101', 'bbox_mAP', 'box AP'),
-    ('mmdet', 'res2net/metafile.yml', 'mask-rcnn_res2net-101_fpn_2x_coco',
-     'mask_rcnn_res2net101', 'segm_mAP', 'mask AP'),
-]
+# Every value taken from a toolbox's metafile, checked against the installed copy.
+TOOLBOX_REFS = [(r.key, ref) for r in pr.ROWS
+                for ref in ((r.published,) if r.published else ()) + r.also
+                if ref.source.startswith(('mmdet-', 'mmseg-'))]
+METAFILE_FIELDS = {'bbox_mAP': 'box AP', 'segm_mAP': 'mask AP', 'mIoU': 'mIoU'}
 
 
-@pytest.mark.parametrize('pkg,path,name,key,metric,field', METAFILE_CHECKS)
-def test_published_numbers_match_installed_metafiles(pkg, path, name, key, metric, field):
+def test_toolbox_references_are_all_collected():
+    # 4 toolbox-published detection rows, 8 MMDetection ResNeSt and 3 MMSegmentation references.
+    assert len(TOOLBOX_REFS) == 15
+    assert all(ref.entry for _, ref in TOOLBOX_REFS)
+
+
+@pytest.mark.parametrize('key,ref', TOOLBOX_REFS, ids=[f'{k}-{r.source}' for k, r in TOOLBOX_REFS])
+def test_toolbox_references_match_installed_metafiles(key, ref):
     yaml = pytest.importorskip('yaml')
-    root = os.path.dirname(importlib.util.find_spec(pkg).origin)
-    with open(os.path.join(root, '.mim', 'configs', path)) as f:
+    pkg, algo = ref.source.split('-', 1)
+    root = os.path.join(os.path.dirname(importlib.util.find_spec(pkg).origin), '.mim', 'configs')
+    path = os.path.join(root, algo, 'metafile.yml' if pkg == 'mmdet' else 'metafile.yaml')
+    with open(path) as f:
         models = yaml.safe_load(f)['Models']
-    entry = next(m for m in models if m['Name'] == name)
-    values = {k: v for r in entry['Results'] for k, v in r['Metrics'].items()}
-    assert pr.row(key).published.values[metric] == pytest.approx(values[field])
-
-
-def test_mmseg_references_match_installed_metafiles():
-    yaml = pytest.importorskip('yaml')
-    root = os.path.dirname(importlib.util.find_spec('mmseg').origin)
-
-    def miou(path, name):
-        with open(os.path.join(root, '.mim', 'configs', path)) as f:
-            models = yaml.safe_load(f)['Models']
-        return next(m for m in models if m['Name'] == name)['Results']['Metrics']['mIoU']
-
-    also = {r.key: r.also[0].values['mIoU'] for r in pr.rows_of('ade20k') if r.also}
-    assert also['deeplabv3_resnet50_ade20k'] == miou(
-        'deeplabv3/metafile.yaml', 'deeplabv3_r50-d8_4xb4-160k_ade20k-512x512')
-    assert also['deeplabv3_resnet101_ade20k'] == miou(
-        'deeplabv3/metafile.yaml', 'deeplabv3_r101-d8_4xb4-160k_ade20k-512x512')
-    assert also['deeplabv3_resnest101_ade20k'] == miou(
-        'resnest/metafile.yaml', 'resnest_s101-d8_deeplabv3_4xb4-160k_ade20k-512x512')
+    entry = next((m for m in models if m['Name'] == ref.entry), None)
+    assert entry is not None, f'{key}: {ref.entry!r} is not in {path}'
+    results = entry['Results'] if isinstance(entry['Results'], list) else [entry['Results']]
+    values = {k: v for r in results for k, v in r['Metrics'].items()}
+    assert ref.values, key
+    for metric, value in ref.values.items():
+        assert value == pytest.approx(values[METAFILE_FIELDS[metric]]), (key, metric)
 
 
 def test_every_row_is_cited_and_tables_are_complete():
@@ -291,7 +381,12 @@ def test_run_rows_goes_on_after_a_failed_row_with_and_without_a_bar(tmp_path, mo
     # The failed row stops at its train stage; the other row still trains and tests.
     assert sorted(calls) == [('faster_rcnn_resnest50', 'train'), ('faster_rcnn_resnet50', 'test'),
                              ('faster_rcnn_resnet50', 'train')]
-    failed = [line for line in lines if line.startswith('faster_rcnn_resnest50')]
+    ended = [line for line in lines if ' started (log: ' not in line]
+    failed = [line for line in ended if line.startswith('faster_rcnn_resnest50')]
     assert len(failed) == 1 and failed[0].startswith('faster_rcnn_resnest50: train FAILED (exit 1')
-    assert [line for line in lines if line.startswith('faster_rcnn_resnet50')] == [
+    assert [line for line in ended if line.startswith('faster_rcnn_resnet50')] == [
         'faster_rcnn_resnet50: train done', 'faster_rcnn_resnet50: test done']
+    # Each stage is announced before it runs (no live bar under nohup or Slurm).
+    assert [line.split(' (log: ')[0] for line in lines if ' started (log: ' in line] == [
+        'faster_rcnn_resnet50: train started', 'faster_rcnn_resnet50: test started',
+        'faster_rcnn_resnest50: train started']

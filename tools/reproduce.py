@@ -10,14 +10,14 @@ Examples:
 See docs/reproduce.md.
 """
 import argparse
-import dataclasses
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resnest_mm.report import check_output_folder  # noqa: E402
 from resnest_mm.reproduce import (REPO_ROOT, collect, demo_rows, full_rows,  # noqa: E402
-                                  render_markdown, run_rows, write_outputs)
+                                  render_markdown, run_rows, with_gpus, write_outputs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.collect_only and args.dry_run:
         parser.error('--collect-only runs nothing and --dry-run prints the commands; give one')
+    if args.collect_only:
+        given = [flag for flag, value in (('--gpus', args.gpus), ('--demo-iters', args.demo_iters))
+                 if value is not None]
+        if given:
+            parser.error(f'{" and ".join(given)} only matter(s) when rows run; --collect-only '
+                         'runs nothing')
+    if args.dry_run and args.out is not None:
+        parser.error('--out names where the tables go; --dry-run writes none')
     if not args.demo:
         given = [flag for flag, value in (('--demo-dir', args.demo_dir),
                                           ('--demo-iters', args.demo_iters)) if value is not None]
@@ -63,18 +71,31 @@ def main(argv=None) -> None:
     demo_iters = 20 if args.demo_iters is None else args.demo_iters
     if demo_iters < 1:
         parser.error(f'--demo-iters={demo_iters} is not valid; expected >= 1')
-    root = args.work_root or os.path.join(
-        'work_dirs', 'reproduce_demo' if args.demo else 'reproduce')
+    # Absolute: the stages run in the repository root, wherever this tool was started.
+    root = os.path.abspath(args.work_root or os.path.join(
+        'work_dirs', 'reproduce_demo' if args.demo else 'reproduce'))
+    out = os.path.abspath(args.out) if args.out else root
+    for flag, path in (('--work-root', root), ('--out', out)):
+        try:
+            check_output_folder(path, name=flag)
+        except ValueError as err:
+            parser.error(str(err))
     try:
         if args.demo:
-            rows = demo_rows(args.demo_dir or os.path.join(REPO_ROOT, 'configs', 'demo'), root,
+            rows = demo_rows(os.path.abspath(args.demo_dir) if args.demo_dir
+                             else os.path.join(REPO_ROOT, 'configs', 'demo'), root,
                              iters=demo_iters, keys=args.rows, tables=args.tables)
         else:
             rows = full_rows(args.rows, args.tables)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if args.gpus is not None:
-        rows = [dataclasses.replace(row, gpus=args.gpus) for row in rows]
+        changed = sorted({row.gpus for row in rows} - {args.gpus})
+        rows = [with_gpus(row, args.gpus) for row in rows]
+        if changed and not args.collect_only:
+            print(f'--gpus {args.gpus}: the published recipes train on {changed} GPUs; the '
+                  'total batch changes with the GPU count, so the learning rate is scaled to it '
+                  '(--cfg-options auto_scale_lr.enable=True, base batch 16)')
     if not args.collect_only:
         run_rows(rows, root, demo=args.demo, dry_run=args.dry_run,
                  progress=not args.no_progress)
@@ -82,7 +103,7 @@ def main(argv=None) -> None:
             return
     results = collect(rows, root)
     print(render_markdown(rows, results, demo=args.demo))
-    paths = write_outputs(rows, results, args.out or root, demo=args.demo)
+    paths = write_outputs(rows, results, out, demo=args.demo)
     print(f"\nwritten: {paths['md']}, {paths['json']}, {paths['png']}")
 
 
