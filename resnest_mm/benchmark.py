@@ -20,21 +20,22 @@ Measured, per implementation:
   before the call; on CPU the same quantity rebuilt from the allocation and free records of the
   PyTorch profiler (``profile_memory=True``): the highest total of tensor bytes the CPU allocator
   held during the call above what it held at its start. Neither counts the weights or the input,
-  which exist before the call; the training step's count includes the parameter gradients.
+  which exist before the call; the training step's count includes the parameter gradients
+  (the measured call starts with none).
 
 With ``BenchmarkSettings.compile`` every implementation is timed as ``torch.compile`` makes it
 (the same backend for all; the output check above runs eager).
 
 Timing is interleaved round-robin: every warm-up and timed repetition runs all implementations of
-all networks once each in turn (A B C A B C ...), so slow drifts of a shared machine hit them all
-alike; ratios are taken from the medians of that one run.
+all networks once each in turn, every other round in reverse order (A B C, C B A, A B C ...), so
+slow drifts of a shared machine hit them all alike and none always runs first; ratios are taken
+from the medians of that one run.
 """
 import importlib.metadata
 import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -45,7 +46,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .models.checks import check_int
+from .models.checks import check_bool, check_int
 from .report import ProgressBar, markdown_table
 
 SOURCES = ('ours', 'mmdet', 'official')
@@ -102,6 +103,14 @@ class BenchmarkSettings:
         for name in ('batch', 'size', 'iters'):
             check_int(OWNER, name, getattr(self, name), 1)
         check_int(OWNER, 'warmup', self.warmup, 0)
+        for name in ('amp', 'channels_last', 'memory', 'flops'):
+            check_bool(OWNER, name, getattr(self, name))
+        for name, allowed in (('modes', MODES), ('peers', SOURCES[1:])):
+            value = getattr(self, name)
+            if (not isinstance(value, (tuple, list)) or len(set(value)) != len(value)
+                    or not all(isinstance(v, str) for v in value)):
+                raise ValueError(f'{name}={value!r} is not valid; expected a tuple of distinct '
+                                 f'names from {allowed}')
         if self.size < 32:
             raise ValueError(f'size={self.size} is not valid; the backbones downsample 32 times, '
                              'expected >= 32')
@@ -161,6 +170,7 @@ class Measurement:
     note: str
     params: int
     macs: Optional[int] = None
+    depth: Optional[int] = None
     times: dict[str, list[float]] = field(default_factory=dict)  # mode -> seconds per call
     peak_bytes: dict[str, Optional[int]] = field(default_factory=dict)
     max_abs_diff_vs_ours: Optional[float] = None
@@ -285,7 +295,7 @@ def mmdet_peer_config(model: nn.Module) -> tuple[Optional[dict], str]:
                   num_stages=model.num_stages, strides=tuple(model.strides),
                   dilations=tuple(model.dilations), out_indices=tuple(model.out_indices),
                   style=model.style, norm_cfg=dict(model.norm_cfg), norm_eval=False,
-                  frozen_stages=model.frozen_stages)
+                  frozen_stages=model.frozen_stages, with_cp=model.with_cp)
     kw = model.block_kwargs
     note = ''
     if cls in ('ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt'):
@@ -381,15 +391,27 @@ def build_implementations(spec: NetworkSpec, peers: Sequence[str]) -> tuple[
     ours = MODELS.build(cfg)
     impls = [Implementation(spec.label, 'ours', f'resnest_mm.{type(ours).__name__}', ours, _call)]
     skipped: list[dict] = []
-    official = official_network(spec.variant) if 'official' in peers else None
+    official = None
+    if 'official' in peers:
+        # The official network computes and trains like ours only without these.
+        frozen_norms = any(not p.requires_grad for m in ours.modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           for p in m.parameters(recurse=False))
+        if ours.with_cp:
+            reason = 'with_cp=True: the official network has no activation checkpointing'
+        elif frozen_norms:
+            reason = ('norm_cfg requires_grad=False: the official network trains its norms\' '
+                      'parameters')
+        else:
+            official = official_network(spec.variant)
+            reason = 'the official resnest package has no such network'
+        if official is None:
+            skipped.append(dict(network=spec.label, peer='official', reason=reason))
     if official is not None:
         randomize_norms(official)
         load_pretrained(ours, official.state_dict(), logger=lambda m: None)
     else:
         randomize_norms(ours)
-        if 'official' in peers:
-            skipped.append(dict(network=spec.label, peer='official',
-                                reason='the official resnest package has no such network'))
     if 'mmdet' in peers:
         mm_cfg, note = mmdet_peer_config(ours)
         if mm_cfg is None:
@@ -615,8 +637,17 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
     """Build every network's implementations and measure them in one interleaved run."""
     settings.check()
     check_specs(specs)
+    threads = torch.get_num_threads()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
+    try:
+        return _run_benchmark(specs, settings, progress)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, whatever this run used
+
+
+def _run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
+                   progress: bool) -> BenchmarkResult:
     torch.manual_seed(0)
     device = torch.device(settings.device)
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
@@ -628,7 +659,9 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
         impls += built
         skipped += missing
     measurements = [Measurement(i.network, i.source, i.label, i.note,
-                                params=sum(p.numel() for p in i.model.parameters()))
+                                params=sum(p.numel() for p in i.model.parameters()),
+                                depth=getattr(i.model, 'depth', None) if i.source == 'ours'
+                                else None)
                     for i in impls]
     n = len(impls)
     reps = settings.warmup + settings.iters
@@ -660,7 +693,10 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
             for rep in range(reps):
                 timed = rep >= settings.warmup
                 what = 'timed' if timed else 'warm-up'
-                for impl, meas, run in zip(impls, measurements, runs):
+                # Every other round in reverse order: what ran just before a call changes its
+                # page faults and caches, and no implementation should always come first.
+                order = list(zip(impls, measurements, runs))
+                for impl, meas, run in (order if rep % 2 == 0 else order[::-1]):
                     bar.step(f'{mode} {what} {rep + 1 - settings.warmup * timed} '
                              f'{impl.network} {impl.source}', 0)
                     _sync(settings)
@@ -674,6 +710,10 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
             if settings.memory:
                 for impl, meas, run in zip(impls, measurements, runs):
                     bar.step(f'memory {mode} {impl.network} {impl.source}', 0)
+                    # No gradients left from the timed calls: on CUDA the measured call would
+                    # free them and net them out of its peak, on CPU the profiler cannot see
+                    # that free. Starting without them counts the new ones on both.
+                    impl.model.zero_grad(set_to_none=True)
                     meas.peak_bytes[mode] = peak_memory(run, settings)
                     bar.step(f'memory {mode} {impl.network} {impl.source}')
     return BenchmarkResult(settings=settings, environment=environment(settings),
@@ -683,13 +723,14 @@ def run_benchmark(specs: Sequence[NetworkSpec], settings: BenchmarkSettings,
 # ------------------------------------------------------------------------------------------------
 # Ratios
 def _base_depth_resnet(result: BenchmarkResult, network: str) -> Optional[str]:
-    """The ResNet of the same depth in this run, the reference of the FLOP-ratio check."""
-    # The depth follows the family name: res2net50 is 50 deep, faster_rcnn_resnest50_fpn too.
-    match = re.search(r'res(?:net|next|nest|2net)(\d+)', network)
-    if match is None or network.startswith('resnet'):
+    """The ResNet of the same depth in this run (the ``resnet<depth>`` variant), the reference
+    of the FLOP-ratio check; None for a ResNet itself (of any style or config name)."""
+    ours = result.get(network, 'ours')
+    if ours is None or ours.depth is None or ours.label.split('.')[-1].startswith('ResNet'):
         return None
-    candidate = f'resnet{match.group(1)}'
-    return candidate if candidate in result.networks else None
+    candidate = f'resnet{ours.depth}'
+    ref = result.get(candidate, 'ours')
+    return candidate if ref is not None and ref.label == 'resnest_mm.ResNet' else None
 
 
 def paired_quartiles(numerator: list[float], denominator: list[float]

@@ -87,13 +87,22 @@ def test_ratios_come_from_the_same_run(result):
     assert rounds[0] <= q1 <= q3 <= rounds[-1]
 
 
-@pytest.mark.parametrize('network, reference', [
-    ('res2net50', 'resnet50'), ('res2net101', 'resnet101'), ('resnext50_32x4d', 'resnet50'),
-    ('faster_rcnn_resnest50_fpn', 'resnet50'), ('resnet50', None), ('resnest269', None),
+@pytest.mark.parametrize('network, cls, depth, reference', [
+    ('res2net50', 'Res2Net', 50, 'resnet50'), ('res2net101', 'Res2Net', 101, 'resnet101'),
+    ('resnext50_32x4d', 'ResNeXt', 50, 'resnet50'),
+    ('faster_rcnn_resnest50_fpn', 'ResNeSt', 50, 'resnet50'),
+    ('my_backbone', 'ResNeSt', 101, 'resnet101'),  # the depth is the network's, not its name's
+    ('resnest269', 'ResNeSt', 269, None),
+    # ResNets of any name or style are the references, never compared with one.
+    ('resnet50', 'ResNet', 50, None), ('faster_rcnn_resnet50_fpn', 'ResNet', 50, None),
+    ('resnet50_v1d', 'ResNetV1d', 50, None),
 ])
-def test_flop_ratio_reference_is_the_resnet_of_the_same_depth(network, reference):
-    from types import SimpleNamespace
-    run = SimpleNamespace(networks=['resnet50', 'resnet101', network])
+def test_flop_ratio_reference_is_the_resnet_of_the_same_depth(network, cls, depth, reference):
+    def ours(net, cls, depth):
+        return bm.Measurement(net, 'ours', f'resnest_mm.{cls}', '', params=1, depth=depth)
+    run = bm.BenchmarkResult(fast(), {}, [ours('resnet50', 'ResNet', 50),
+                                          ours('resnet101', 'ResNet', 101),
+                                          ours(network, cls, depth)], [])
     assert bm._base_depth_resnet(run, network) == reference
 
 
@@ -104,6 +113,8 @@ def test_paired_quartiles_pair_rounds_not_sorted_times():
     peer = [2 * t for t in ours]
     assert bm.paired_quartiles(peer, ours) == pytest.approx((2.0, 2.0))
     assert bm.paired_quartiles([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == pytest.approx((1.5, 2.5))
+    # Ratios 2, 1/3, 1.5: quartiles of the separate or sorted series would give (1, 1).
+    assert bm.paired_quartiles([2.0, 1.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx((11 / 12, 1.75))
     assert bm.paired_quartiles([2.0], [1.0]) == (2.0, 2.0)
     assert bm.paired_quartiles([], []) is None
 
@@ -147,7 +158,8 @@ def test_package_versions_are_recorded():
 
 
 def test_interleaved_round_robin(monkeypatch):
-    """Calls alternate between implementations: A B A B ..., never A A ... B B."""
+    """Calls alternate between implementations, every other round reversed: A B, B A, A B ...,
+    never A A ... B B, and A does not always run first."""
     order = []
     original = bm._runner
 
@@ -162,8 +174,8 @@ def test_interleaved_round_robin(monkeypatch):
     specs = [bm.resolve_spec('resnet50', **TINY)]
     bm.run_benchmark(specs, fast(peers=('mmdet',), flops=False, memory=False, iters=2),
                      progress=False)
-    assert order == [(mode, s) for mode in ('infer', 'train') for _ in range(3)
-                     for s in ('ours', 'mmdet')]
+    rounds = [('ours', 'mmdet'), ('mmdet', 'ours'), ('ours', 'mmdet')]
+    assert order == [(mode, s) for mode in ('infer', 'train') for r in rounds for s in r]
 
 
 def test_official_peer_gets_the_same_weights():
@@ -206,6 +218,9 @@ def test_config_file_backbone(tmp_path):
     (dict(modes=('fit',)), 'modes'), (dict(peers=('timm',)), 'peers'),
     (dict(compile='tensorrt'), "compile='tensorrt'.*inductor"),
     (dict(compile='inductor', warmup=0), 'warmup=0.*compile'),
+    (dict(amp='False'), 'amp'), (dict(memory='no'), 'memory'), (dict(channels_last=0), 'channels'),
+    (dict(modes=('infer', 'infer')), 'distinct'), (dict(modes='infer'), 'modes'),
+    (dict(peers=None), 'peers=None'),
 ])
 def test_bad_settings_fail_early(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -233,6 +248,7 @@ def _cli():
     (['--json', '{tmp}'], "--json='{tmp}' is a folder"),
     (['--png', '{tmp}/chart.xyz'], "the extension 'xyz' is not one of"),
     (['--batch', '0'], 'batch=0 is not valid'),
+    (['--peers', 'none,mmdet'], "'none' cannot be combined"),
 ])
 def test_cli_refuses_bad_arguments_before_running(tmp_path, capsys, args, message):
     tmp = str(tmp_path)
@@ -268,13 +284,72 @@ def test_cli_writes_markdown_json_and_png(tmp_path, capsys):
     assert out_png.read_bytes()[:4] == b'\x89PNG'
 
 
-def test_amp_and_channels_last_on_cpu():
+def test_amp_and_channels_last_on_cpu(monkeypatch):
+    seen = []
+    original = bm._call
+
+    def spy(model, x):
+        seen.append((type(model).__module__.split('.')[0], torch.is_autocast_enabled('cpu'),
+                     x.is_contiguous(memory_format=torch.channels_last)))
+        return original(model, x)
+    monkeypatch.setattr(bm, '_call', spy)
     res = bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)],
                            fast(peers=('mmdet',), amp=True, channels_last=True, flops=False,
                                 iters=1, warmup=0), progress=False)
     for m in res.measurements:
         assert m.times['infer'] and m.times['train'] and m.peak_bytes['train'] > 0
+    # Every timed call of both implementations ran under bfloat16 autocast on channels-last input.
+    assert {(pkg, amp, cl) for pkg, amp, cl in seen if amp} == {('resnest_mm', True, True),
+                                                                ('mmdet', True, True)}
+    assert sum(amp for _, amp, _ in seen) == 2 * 2 * 2  # 2 implementations, 2 modes, 1 + memory
     assert 'AMP, channels-last' in bm.render_markdown(res)
+
+
+def test_memory_is_measured_from_no_gradients(monkeypatch):
+    # On CUDA a call that frees the previous call's gradients would net them out of its peak.
+    had_grads = []
+    original = bm.peak_memory
+
+    def spy(run, settings):
+        had_grads.append(any(p.grad is not None for p in spy.models[len(had_grads)].parameters()))
+        return original(run, settings)
+    original_build = bm.build_implementations
+
+    def build(spec, peers):
+        impls, skipped = original_build(spec, peers)
+        spy.models += [i.model for i in impls]
+        return impls, skipped
+    spy.models = []
+    monkeypatch.setattr(bm, 'peak_memory', spy)
+    monkeypatch.setattr(bm, 'build_implementations', build)
+    bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)],
+                     fast(peers=('mmdet',), modes=('train',), flops=False, iters=1, warmup=0),
+                     progress=False)
+    assert had_grads == [False, False]
+
+
+def test_with_cp_and_frozen_norms_are_benchmarked_alike(tmp_path):
+    # Config files of the official network's architecture: matched to the variant resnest50.
+    for name, extra in (('cp', 'with_cp=True'),
+                        ('frozen', "norm_cfg=dict(type='BN', requires_grad=False)")):
+        cfg = tmp_path / f'{name}.py'
+        cfg.write_text(f"model = dict(backbone=dict(type='resnest_mm.ResNeSt', depth=50, "
+                       f"{extra}))\n")
+        spec = bm.resolve_spec(str(cfg))
+        assert spec.variant == 'resnest50'
+        impls, skipped = bm.build_implementations(spec, ('mmdet', 'official'))
+        assert [i.source for i in impls] == ['ours', 'mmdet']
+        assert impls[1].model.with_cp == impls[0].model.with_cp == (name == 'cp')
+        assert [d['peer'] for d in skipped] == ['official']
+        assert ('with_cp' if name == 'cp' else 'requires_grad') in skipped[0]['reason']
+
+
+def test_the_callers_thread_count_is_restored():
+    before = torch.get_num_threads()
+    bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)],
+                     fast(peers=(), threads=before + 1, modes=('infer',), flops=False,
+                          memory=False, iters=1, warmup=0), progress=False)
+    assert torch.get_num_threads() == before
 
 
 def test_compiled_implementations_are_timed_compiled():

@@ -53,7 +53,10 @@ def main(argv=None) -> None:
         parser.error('--fast sets 3 timed and 1 warm-up repetitions; give either --fast or '
                      '--iters/--warmup')
     default = dict(iters=3, warmup=1) if args.fast else dict(iters=10, warmup=3)
-    peers = tuple(p for p in args.peers.split(',') if p and p != 'none')
+    names = [p for p in args.peers.split(',') if p]
+    if 'none' in names and names != ['none']:
+        parser.error(f"--peers={args.peers!r}: 'none' cannot be combined with peers")
+    peers = tuple(p for p in names if p != 'none')
     try:
         settings = BenchmarkSettings(
             batch=args.batch, size=args.size,
