@@ -345,13 +345,21 @@ def _mismatch_message(model: nn.Module, layout: Layout, unexpected: list, missin
     return text
 
 
-def load_pretrained(model: nn.Module, checkpoint: Union[str, dict],
+def load_pretrained(model: nn.Module, checkpoint: Union[str, 'os.PathLike', dict],
                     prefix: Optional[str] = None,
                     logger: Optional[Callable[[str], None]] = None,
                     map_location: Any = 'cpu') -> ConversionReport:
     """Load a checkpoint file (or an already loaded dict) of any supported layout into ``model``
     strictly. See :func:`convert_state_dict` for the rules; ``map_location`` is ``torch.load``'s,
     for a file or URL (the tensors are then copied into the model's own)."""
+    if isinstance(checkpoint, os.PathLike):
+        checkpoint = os.fspath(checkpoint)
+    if not isinstance(checkpoint, (str, dict)):
+        raise TypeError(f'checkpoint={checkpoint!r} is not valid; expected a path, a URL or a '
+                        'loaded checkpoint dict')
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix={prefix!r} is not valid; expected None or a key prefix such as "
+                        "'backbone.'")
     if isinstance(checkpoint, str) and '://' in checkpoint:
         # URLs and open-mmlab:// style names go through mmengine's loaders (they download).
         from mmengine.runner import CheckpointLoader

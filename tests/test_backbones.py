@@ -43,10 +43,10 @@ def build(name, **overrides):
 @pytest.mark.parametrize('name', sorted(TINY))
 @pytest.mark.parametrize('size', [(64, 64), (65, 47)])
 def test_outputs_follow_declared_channels_and_strides(name, size):
-    model = build(name, out_indices=(3, 0, 2)).eval()
+    model = build(name, out_indices=(0, 2, 3)).eval()
     outs = model(torch.rand(2, 3, *size))
     assert len(outs) == 3
-    assert model.out_strides == (32, 4, 16)
+    assert model.out_strides == (4, 16, 32)
     for out, c, s in zip(outs, model.out_channels, model.out_strides):
         assert out.shape == (2, c, math.ceil(size[0] / s), math.ceil(size[1] / s))
 
@@ -317,6 +317,21 @@ def test_res2net_stage_pool_official_and_builtin():
                             dict(type='Pretrained', checkpoint='b.pth')]), 'init_cfg',
      'at most one'),
     (ResNet, dict(pretrained=123), 'pretrained', '123'),
+    (ResNet, dict(init_cfg=dict(type='Kaiminng')), 'init_cfg', "'Kaiminng'"),
+    # What could only fail in forward, or with torch's words.
+    (ResNet, dict(out_indices=(3, 1)), 'out_indices', '(3, 1)'),
+    (ResNet, dict(channels_last=1), 'channels_last', '1'),
+    (ResNet, dict(norm_cfg=dict(type='LN')), 'norm_cfg', 'LayerNorm'),
+    (ResNet, dict(norm_cfg=dict(type='BN1d')), 'norm_cfg', 'BatchNorm1d'),
+    (ResNet, dict(norm_cfg=dict(type='BN', requires_grad='no')), "norm_cfg['requires_grad']",
+     "'no'"),
+    (ResNet, dict(base_channels=8, stem_channels=16, norm_cfg=dict(type='GN', num_groups=32)),
+     'norm_cfg', 'num_groups to divide'),
+    (ResNet, dict(dcn=dict(type='DCN', deform_groups=5), stage_with_dcn=(False, True, True, True)),
+     'dcn', 'deform_groups=5'),
+    (ResNeSt, dict(radix=3), 'radix', '3'),
+    (ResNeSt, dict(norm_cfg=dict(type='IN')), 'norm_cfg', "'IN'"),
+    (ResNeSt, dict(avd=True, avg_down_stride=False), 'avg_down_stride', 'give one'),
 ])
 def test_bad_arguments_name_argument_and_value(cls, kwargs, arg, value):
     with pytest.raises(ValueError) as err:
@@ -414,7 +429,7 @@ def test_inference_copies_each_output_to_nchw_after_the_next_stages_first_block(
     map it copies and the block's own maps (the peak memory of ResNeSt-50 at 2x224). A stage
     with forward hooks runs whole, its hooks see it, and the copy waits for the stage."""
     torch.manual_seed(0)
-    model = build('resnet50', out_indices=(2, 0)).eval()
+    model = build('resnet50', out_indices=(0, 2)).eval()
     x = torch.rand(2, 3, 48, 40)
     with torch.no_grad():
         ref = [o.contiguous() for o in model(x.contiguous(memory_format=torch.channels_last))]
@@ -570,5 +585,76 @@ def test_split_attention_needs_inputs_the_split_conv_can_group():
     from resnest_mm.models.layers.split_attention import SplitAttentionConv2d
     with pytest.raises(ValueError, match=r'in_channels=10 .* multiple of groups \* radix = 4'):
         SplitAttentionConv2d(in_channels=10, channels=10, groups=2, radix=2)
-    with pytest.raises(ValueError, match='in_channels=10'):
+    # The backbone names its own argument: each cardinal group of stage 1 is 5 wide.
+    with pytest.raises(ValueError, match='radix=2 .* which is 5 in stage 1'):
         ResNeSt(depth=14, base_channels=8, stem_channels=16, groups=2, base_width=5)
+
+
+def test_split_attention_conv_checks_its_geometry_and_layers():
+    from resnest_mm.models.layers.split_attention import SplitAttentionConv2d
+    for kwargs, match in ((dict(stride=0), 'stride=0'), (dict(padding=-1), 'padding=-1'),
+                          (dict(dilation=0), 'dilation=0'), (dict(kernel_size=0), 'kernel_size'),
+                          (dict(stride=True), 'stride=True'),
+                          (dict(norm_cfg=dict(type='BNX')), "norm_cfg=.*'BNX'"),
+                          (dict(conv_cfg='x'), "conv_cfg='x'")):
+        with pytest.raises(ValueError, match=match):
+            SplitAttentionConv2d(in_channels=64, channels=64, **kwargs)
+
+
+def test_width_follows_mmdetection_when_base_width_is_not_given():
+    """MMDetection's ResNet (and ResNeXt/ResNeSt with one group) keep the 3x3 width at
+    ``planes`` whatever ``base_channels`` is: a narrow ResNet is narrow throughout."""
+    from mmdet.models.backbones import ResNeSt as MMResNeSt, ResNet as MMResNet
+    for ours, theirs in ((ResNet(depth=50, base_channels=16),
+                          MMResNet(depth=50, base_channels=16)),
+                         (ResNeSt(depth=50, base_channels=16, stem_channels=64),
+                          MMResNeSt(depth=50, base_channels=16, stem_channels=64,
+                                    avg_down_stride=True))):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys()
+        assert {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(v.shape) for k, v in b.items()}
+    # Given, base_width is channels per group at base_channels planes (the demo configs' rule).
+    assert ResNeSt(depth=14, base_channels=16, base_width=32, stem_channels=32
+                   ).layer1[0].conv1.out_channels == 32
+
+
+def test_avg_down_stride_is_mmdetections_name_for_avd():
+    assert ResNeSt(depth=50, avg_down_stride=False).layer2[0].avd is False
+    assert ResNeSt(depth=50, avg_down_stride=True).layer2[0].avd is True
+
+
+def test_a_conv_cfg_that_needs_nchw_keeps_the_network_nchw():
+    """mmcv's DCNv2 through conv_cfg reads its input as NCHW memory: computed channels-last it
+    gave wrong outputs; auto now stays NCHW, and channels_last=True is refused."""
+    import mmcv.ops  # noqa: F401  registers DCN/DCNv2
+    from mmdet.models.backbones import ResNet as MMResNet
+    cfg = dict(depth=18, base_channels=8, conv_cfg=dict(type='DCNv2', deform_groups=1))
+    with pytest.raises(ValueError, match='channels_last'):
+        ResNet(**cfg, channels_last=True)
+    torch.manual_seed(0)
+    ours, theirs = ResNet(**cfg), MMResNet(**cfg)
+    ours.eval()
+    theirs.eval()  # MMDetection's train() returns None: not chained
+    for m in ours.modules():
+        if hasattr(m, 'conv_offset'):  # non-zero offsets, so that the sampling matters
+            torch.nn.init.normal_(m.conv_offset.weight, std=0.1)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_init_cfg_entries_beside_pretrained_are_applied(tmp_path):
+    """Like mmengine: the other entries first (plugins the checkpoint lacks get them), then the
+    checkpoint."""
+    plugins = [dict(cfg=dict(type='ContextBlock', ratio=0.25), position='after_conv3')]
+    ckpt = tmp_path / 'r18.pth'
+    torch.save(ResNet(depth=50, base_channels=8).state_dict(), ckpt)
+    model = ResNet(depth=50, base_channels=8, plugins=plugins, init_cfg=[
+        dict(type='Pretrained', checkpoint=str(ckpt)),
+        dict(type='Constant', val=0.5, layer='Conv2d')])
+    model.init_weights()
+    plugin = model.layer1[0].context_block.conv_mask.weight
+    assert torch.all(plugin == 0.5)
+    assert torch.equal(model.conv1.weight, torch.load(ckpt)['conv1.weight'])

@@ -344,3 +344,16 @@ def test_integer_tensors_for_float_weights_are_refused_and_casts_reported():
     messages = []
     report = load_pretrained(ResNet(depth=50, base_channels=8), half, logger=messages.append)
     assert report.cast_from == ['float16'] and 'cast from float16' in messages[0]
+
+
+def test_load_pretrained_takes_path_objects_and_checks_its_arguments(tmp_path):
+    src = ResNet(depth=18, base_channels=8)
+    path = tmp_path / 'r18.pth'
+    torch.save(src.state_dict(), path)
+    dst = ResNet(depth=18, base_channels=8)
+    load_pretrained(dst, path, **QUIET)  # a pathlib.Path, as os.PathLike
+    assert torch.equal(dst.conv1.weight, src.conv1.weight)
+    with pytest.raises(TypeError, match="prefix=1 is not valid"):
+        load_pretrained(dst, str(path), prefix=1, **QUIET)
+    with pytest.raises(TypeError, match='checkpoint=3 is not valid'):
+        load_pretrained(dst, 3, **QUIET)

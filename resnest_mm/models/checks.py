@@ -57,6 +57,27 @@ def check_cfg(owner: str, name: str, value: Any, optional: bool = True) -> None:
              + (' or None' if optional else ''))
 
 
+def check_norm_kind(owner: str, norm_cfg: dict) -> None:
+    """``norm_cfg`` builds a norm of 4-D maps (batch, group or 2-D instance norm)."""
+    import inspect
+    import torch.nn as nn
+    from mmengine.registry import MODELS
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.instancenorm import _InstanceNorm
+    layer = norm_cfg['type']
+    if not inspect.isclass(layer):
+        with MODELS.switch_scope_and_registry(None) as registry:
+            layer = registry.get(layer)
+    if not inspect.isclass(layer):
+        return  # unknown types are reported by check_layer_type
+    wrong_dims = (nn.BatchNorm1d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm3d)
+    if issubclass(layer, wrong_dims) or not issubclass(layer, (_BatchNorm, nn.GroupNorm,
+                                                               _InstanceNorm)):
+        fail(owner, 'norm_cfg', norm_cfg, f'{layer.__name__} does not normalise 4-D feature '
+             "maps; expected a 2-D batch, group or instance norm (e.g. 'BN', 'SyncBN', 'GN', "
+             "'IN')")
+
+
 def check_layer_type(owner: str, name: str, cfg: dict) -> None:
     """``cfg['type']`` names a layer that mmcv's builders will find (they look it up as done
     here, in the current default scope and then mmengine's, and fail with a message that names

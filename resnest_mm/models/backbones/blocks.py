@@ -22,12 +22,16 @@ from ..layers.pointwise import build_pointwise_conv
 from ..layers.spatial import build_spatial_conv
 
 
-def mid_channels(planes: int, base_width: int, base_channels: int, groups: int) -> int:
+def mid_channels(planes: int, base_width: Optional[int], base_channels: int, groups: int) -> int:
     """Width of a bottleneck's 3x3 stage: ``planes * base_width / base_channels`` per group.
 
     With ``base_channels=64`` this is torchvision's and the official ResNeSt's rule (ResNeXt-50
-    32x4d: 32 groups of 4 channels in the first stage, 128 in all).
+    32x4d: 32 groups of 4 channels in the first stage, 128 in all). ``base_width=None`` means
+    ``planes`` per group at any ``base_channels``: MMDetection's ResNet, and its ResNeXt/ResNeSt
+    with one group, whose width is ``planes`` whatever ``base_channels`` is.
     """
+    if base_width is None:
+        return planes * groups
     return int(planes * base_width / base_channels) * groups
 
 
@@ -270,11 +274,12 @@ class ConvBottleneck(Bottleneck):
 
     Args:
         groups: Groups of the 3x3 conv (ResNeXt's cardinality; 1 for ResNet).
-        base_width: Channels per group at ``base_channels`` planes (64 for ResNet).
+        base_width: Channels per group at ``base_channels`` planes; None: ``planes`` per group
+            (ResNet's width at any ``base_channels``).
         **kwargs: See :class:`ResidualBlock`.
     """
 
-    def __init__(self, *, groups: int = 1, base_width: int = 64, **kwargs) -> None:
+    def __init__(self, *, groups: int = 1, base_width: Optional[int] = None, **kwargs) -> None:
         width = mid_channels(kwargs['planes'], base_width, kwargs.get('base_channels', 64),
                              groups)
         super().__init__(width=width, **kwargs)

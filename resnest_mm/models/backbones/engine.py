@@ -6,8 +6,8 @@ dilations, multi-grid and contracted dilation, frozen stages and ``norm_eval``, 
 their metadata, weight initialisation and checkpoint loading. A family subclass contributes only its
 block class, its table of depths and its block arguments.
 """
-from contextlib import nullcontext
-from typing import Any, ClassVar, Optional, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,11 +17,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from ..checks import (check_bool, check_bool_seq, check_cfg, check_choice, check_int, check_int_seq,
-                      check_layer_type, fail)
+                      check_layer_type, check_norm_kind, fail)
 from ..layers.dcn import register_dcn
 from ..layers.fold import conv_norm, run_sequential
 from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, no_hooks, to_nchw
-from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv
+from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv, layout_agnostic_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
 from .blocks import ResidualBlock
@@ -32,6 +32,18 @@ ArchTable = dict[int, tuple[type[ResidualBlock], tuple[int, ...]]]
 _PLAIN_CONVS = (nn.Conv2d, PointwiseConv2d, SpatialConv2d)
 #: Keys of ``init_cfg=dict(type='Pretrained', ...)``, all passed to the strict loader.
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
+
+
+@contextmanager
+def _naming_norm_errors(owner: str, norm_cfg: dict) -> Iterator[None]:
+    """GroupNorm's own error says neither the argument nor the width it was built for."""
+    try:
+        yield
+    except ValueError as err:
+        if 'divisible by num_groups' in str(err):
+            fail(owner, 'norm_cfg', norm_cfg, f'GN needs num_groups to divide every normalised '
+                 f'width ({err})')
+        raise
 
 
 def _init_entries(init_cfg: Any) -> list:
@@ -138,9 +150,11 @@ class ResNetEngine(BaseModule):
         if (not isinstance(out_indices, Sequence) or not out_indices
                 or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n
                        for i in out_indices)
-                or len(set(out_indices)) != len(out_indices)):
+                or list(out_indices) != sorted(set(out_indices))):
+            # MMDetection returns the outputs in stage order whatever the order given; refused
+            # rather than reordered, so that no config means two things.
             fail(owner, 'out_indices', out_indices,
-                 f'expected distinct stage indices in [0, {n - 1}] (num_stages={n})')
+                 f'expected increasing stage indices in [0, {n - 1}] (num_stages={n})')
         check_choice(owner, 'style', style, ('pytorch', 'caffe'))
         if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
                 or not -1 <= frozen_stages <= n:
@@ -165,6 +179,9 @@ class ResNetEngine(BaseModule):
         for name, cfg in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg), ('dcn', dcn)):
             if cfg is not None:
                 check_layer_type(owner, name, cfg)
+        if 'requires_grad' in norm_cfg:
+            check_bool(owner, "norm_cfg['requires_grad']", norm_cfg['requires_grad'])
+        check_norm_kind(owner, norm_cfg)
         if norm_cfg['type'] == 'GN' and 'num_groups' not in norm_cfg:
             fail(owner, 'norm_cfg', norm_cfg, "GN needs num_groups, e.g. dict(type='GN', "
                  'num_groups=32)')
@@ -209,22 +226,27 @@ class ResNetEngine(BaseModule):
         self.zero_init_residual = zero_init_residual
         self.contract_dilation = contract_dilation
         self.multi_grid = None if multi_grid is None else tuple(multi_grid)
-        if channels_last not in (None, True, False):
+        if channels_last is not None and not isinstance(channels_last, bool):
             fail(owner, 'channels_last', channels_last, 'expected None (auto), True or False')
-        if channels_last and self.dcn is not None and any(self.stage_with_dcn):
-            # mmcv's deformable conv kernels index the input as NCHW.
+        self._nchw_only = ((self.dcn is not None and any(self.stage_with_dcn))
+                           or not layout_agnostic_conv(conv_cfg))
+        if channels_last and self._nchw_only:
+            # mmcv's deformable conv kernels index the input as NCHW (and so may other convs).
             fail(owner, 'channels_last', channels_last,
-                 'mmcv deformable convs need NCHW input; use None or False with dcn')
+                 'mmcv deformable convs (dcn, or a conv_cfg other than Conv/ConvWS/ConvAWS) need '
+                 'NCHW input; use None or False')
         self.channels_last = channels_last
         self.block_kwargs = dict(block_kwargs or {})
 
-        self._make_stem()
+        with _naming_norm_errors(owner, norm_cfg):
+            self._make_stem()
         channels = stem_channels
         self.res_layers: list[str] = []
         stage_channels, stage_strides = [], []
         total_stride = 4  # stem conv and max pool
         for i, num_blocks in enumerate(stage_blocks):
-            layer = self._make_stage(i, num_blocks, channels, stage_plugins[i])
+            with _naming_norm_errors(owner, norm_cfg):
+                layer = self._make_stage(i, num_blocks, channels, stage_plugins[i])
             name = f'layer{i + 1}'
             self.add_module(name, layer)
             self.res_layers.append(name)
@@ -235,6 +257,11 @@ class ResNetEngine(BaseModule):
         self.stage_channels = tuple(stage_channels)
         self.stage_strides = tuple(stage_strides)
         self.feat_dim = channels
+        for name, m in self.named_modules():
+            groups = getattr(m, 'deform_groups', None)
+            if isinstance(groups, int) and m.in_channels % groups:
+                fail(owner, 'dcn', dcn, f'deform_groups={groups} must divide the input width of '
+                     f'every deformable conv; {name} has {m.in_channels} channels')
         self._freeze_stages()
         self._forget_arranged_params()
         self.register_load_state_dict_post_hook(_forget_after_load)
@@ -250,6 +277,12 @@ class ResNetEngine(BaseModule):
         if not items or not all(isinstance(c, dict) and 'type' in c for c in items):
             fail(owner, 'init_cfg', init_cfg,
                  "expected None, a config dict with a 'type' key, or a list of them")
+        from mmengine.registry import WEIGHT_INITIALIZERS
+        for c in items:
+            if isinstance(c['type'], str) and WEIGHT_INITIALIZERS.get(c['type']) is None \
+                    and WEIGHT_INITIALIZERS.get(c['type'] + 'Init') is None:
+                fail(owner, 'init_cfg', c, f"no weight initializer {c['type']!r} is registered "
+                     "in mmengine (e.g. 'Kaiming', 'Constant', 'Normal', 'Xavier', 'Pretrained')")
         pretrained = [c for c in items if c['type'] == 'Pretrained']
         if len(pretrained) > 1:
             fail(owner, 'init_cfg', init_cfg, "expected at most one 'Pretrained' entry")
@@ -400,7 +433,12 @@ class ResNetEngine(BaseModule):
         items = _init_entries(self.init_cfg)
         pretrained = next((c for c in items if c['type'] == 'Pretrained'), None)
         if pretrained is not None:
-            # Strict and complete: any other entry would be overwritten, so none is applied.
+            # Like mmengine: the other entries first (they matter for what the checkpoint does
+            # not hold, e.g. plugins), then the checkpoint, strictly.
+            others = [c for c in items if c['type'] != 'Pretrained']
+            if others:
+                from mmengine.model import initialize
+                initialize(self, others)
             from ...checkpoint import load_pretrained
             # An ImageNet checkpoint has no deformable offsets: those keep their zero start.
             self._zero_deform_offsets()
@@ -452,7 +490,7 @@ class ResNetEngine(BaseModule):
     def _use_channels_last(self, x: torch.Tensor) -> bool:
         if self.channels_last is not None:
             return self.channels_last
-        if self.dcn is not None and any(self.stage_with_dcn):
+        if self._nchw_only:
             return False
         if x.is_cpu:
             return True

@@ -73,10 +73,15 @@ class ResNeSt(ResNetEngine):
     Args:
         depth: 14, 26, 50, 101, 152, 200 or 269.
         groups: Cardinality K.
-        base_width: Bottleneck width per cardinal group (64; 40 in the 2s2x40d variant).
+        base_width: Bottleneck width per cardinal group at ``base_channels`` planes (default:
+            ``base_channels``, i.e. 64 in the paper's networks; 40 in the 2s2x40d variant). With
+            one group and no ``base_width`` the width is ``planes`` whatever ``base_channels``
+            is, as in MMDetection's ResNeSt.
         radix: Splits per cardinal group R (1 gives a sigmoid gate).
         reduction_factor: Reduction of the attention's hidden width.
-        avd: Average-pool downsampling inside the block.
+        avd: Average-pool downsampling inside the block (default True).
+        avg_down_stride: MMDetection's and MMSegmentation's name for ``avd``, accepted so that
+            their configs build; give one of the two.
         avd_first: Pool before the split-attention conv (the "fast" variants).
         avd_in_dilated_stages: Keep the official stride-1 pool in the first block of dilated
             stages (True, the official network); False reproduces MMDetection/MMSegmentation's
@@ -107,16 +112,40 @@ class ResNeSt(ResNetEngine):
         269: (ResNeStBottleneck, (3, 30, 48, 8)),
     }
 
-    def __init__(self, *, depth: int = 50, groups: int = 1, base_width: int = 64,
-                 radix: int = 2, reduction_factor: int = 4, avd: bool = True,
+    def __init__(self, *, depth: int = 50, groups: int = 1, base_width: Optional[int] = None,
+                 radix: int = 2, reduction_factor: int = 4, avd: Optional[bool] = None,
+                 avg_down_stride: Optional[bool] = None,
                  avd_first: bool = False, avd_in_dilated_stages: bool = True,
                  deep_stem: bool = True, avg_down: bool = True,
                  stem_channels: Optional[int] = None, **kwargs) -> None:
         owner = type(self).__name__
         check_int(owner, 'radix', radix, 1)
         check_int(owner, 'groups', groups, 1)
+        if avg_down_stride is not None:
+            check_bool(owner, 'avg_down_stride', avg_down_stride)
+            if avd is not None:
+                fail(owner, 'avg_down_stride', avg_down_stride,
+                     f'it is another name for avd, and avd={avd!r} is given too; give one')
+            avd = avg_down_stride
+        avd = True if avd is None else avd
+        base_channels = kwargs.get('base_channels', 64)
+        base_width = base_channels if base_width is None else base_width
         check_int(owner, 'base_width', base_width, 1)
         check_int(owner, 'reduction_factor', reduction_factor, 1)
+        num_stages = kwargs.get('num_stages', 4)
+        if isinstance(base_channels, int) and not isinstance(base_channels, bool) \
+                and base_channels >= 1 and num_stages in (1, 2, 3, 4):
+            # The split conv has groups * radix groups over each stage's width.
+            for i in range(num_stages):
+                per_group = int(base_channels * 2 ** i * base_width / base_channels)
+                if per_group % radix:
+                    fail(owner, 'radix', radix, f'it must divide the width of each cardinal '
+                         f'group, which is {per_group} in stage {i + 1} (base_channels='
+                         f'{base_channels}, base_width={base_width})')
+        norm_cfg = kwargs.get('norm_cfg')
+        if isinstance(norm_cfg, dict) and str(norm_cfg.get('type', '')).startswith('IN'):
+            fail(owner, 'norm_cfg', norm_cfg, "instance norm cannot normalise split attention's "
+                 "1x1 maps; use 'BN', 'SyncBN' or 'GN'")
         for name, flag in (('avd', avd), ('avd_first', avd_first),
                            ('avd_in_dilated_stages', avd_in_dilated_stages)):
             check_bool(owner, name, flag)

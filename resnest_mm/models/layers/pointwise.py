@@ -144,6 +144,21 @@ def is_plain_conv(conv_cfg: Optional[dict]) -> bool:
     return conv_cfg is None or dict(conv_cfg) in ({'type': 'Conv2d'}, {'type': 'Conv'})
 
 
+#: conv_cfg types whose convs compute any memory layout (``F.conv2d`` underneath); others, such
+#: as mmcv's deformable convs used through ``conv_cfg``, are given NCHW input.
+LAYOUT_AGNOSTIC_CONVS = ('Conv', 'Conv2d', 'ConvWS', 'ConvAWS')
+
+
+def layout_agnostic_conv(conv_cfg: Optional[dict]) -> bool:
+    """Whether the convs ``conv_cfg`` builds take channels-last input."""
+    if conv_cfg is None:
+        return True
+    layer = conv_cfg.get('type')
+    if isinstance(layer, type):
+        return issubclass(layer, nn.Conv2d) and not hasattr(layer, 'deform_groups')
+    return layer in LAYOUT_AGNOSTIC_CONVS
+
+
 def build_pointwise_conv(conv_cfg: Optional[dict], in_channels: int, out_channels: int, *,
                          stride: int = 1, bias: bool = False) -> nn.Module:
     """A 1x1 conv: :class:`PointwiseConv2d` for a plain conv, otherwise whatever ``conv_cfg``

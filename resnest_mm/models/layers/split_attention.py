@@ -20,7 +20,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
-from ..checks import check_int
+from ..checks import check_cfg, check_int, check_layer_type
 from .dcn import conv_or_dcn_cfg
 from .fold import conv_norm
 from .layout import graph_capture
@@ -118,9 +118,16 @@ class SplitAttentionConv2d(BaseModule):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
-        check_int(owner, 'radix', radix, 1)
-        check_int(owner, 'groups', groups, 1)
-        check_int(owner, 'reduction_factor', reduction_factor, 1)
+        for name, value, minimum in (('in_channels', in_channels, 1), ('channels', channels, 1),
+                                     ('kernel_size', kernel_size, 1), ('stride', stride, 1),
+                                     ('padding', padding, 0), ('dilation', dilation, 1),
+                                     ('radix', radix, 1), ('groups', groups, 1),
+                                     ('reduction_factor', reduction_factor, 1)):
+            check_int(owner, name, value, minimum)
+        for name, cfg in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg), ('dcn', dcn)):
+            check_cfg(owner, name, cfg)
+            if cfg is not None:
+                check_layer_type(owner, name, cfg)
         if channels % groups:
             raise ValueError(f'{owner}: channels={channels} is not valid; expected a multiple '
                              f'of groups={groups}.')
