@@ -20,7 +20,8 @@ from ..checks import (check_bool, check_bool_seq, check_cfg, check_choice, check
                       check_layer_type, check_norm_kind, fail)
 from ..layers.dcn import register_dcn
 from ..layers.fold import conv_norm, run_sequential
-from ..layers.layout import SavedAsNCHW, arrange_parameter, graph_capture, no_hooks, to_nchw
+from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, no_hooks,
+                             settle_layouts, to_nchw)
 from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv, layout_agnostic_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
@@ -264,6 +265,7 @@ class ResNetEngine(BaseModule):
                      f'every deformable conv; {name} has {m.in_channels} channels')
         self._freeze_stages()
         self._forget_arranged_params()
+        self._layouts_settled = False
         self.register_load_state_dict_post_hook(_forget_after_load)
 
     # ----------------------------------------------------------------------------------------
@@ -502,6 +504,7 @@ class ResNetEngine(BaseModule):
     def _apply(self, fn, recurse=True):
         # .to(), .cuda(), .half() may replace parameters (and always may change their layout).
         self._forget_arranged_params()
+        self._layouts_settled = False
         return super()._apply(fn, recurse)
 
     def _weights_to_channels_last(self, x: torch.Tensor) -> None:
@@ -619,6 +622,10 @@ class ResNetEngine(BaseModule):
         if to_channels_last:
             self._weights_to_channels_last(x)
             x = x.contiguous(memory_format=torch.channels_last)
+        elif self._nchw_only and x.dim() == 4:
+            # A channels-last (or channel-strided) input would keep the maps in that layout,
+            # and mmcv's deformable convs read their input's memory as NCHW: wrong values.
+            x = x.contiguous()
         x = self.forward_stem(x)
         # Necks and mmcv ops expect the layout they were given. When autograd records, the
         # outputs are converted so that no map lives twice through the backward pass.
@@ -633,6 +640,10 @@ class ResNetEngine(BaseModule):
                 x = getattr(self, name)(x)
                 if i in self.out_indices:
                     outs.append(x)
-        # Ordered as out_indices asks, which may differ from stage order.
-        by_stage = dict(zip(sorted(self.out_indices), outs))
-        return tuple(by_stage[i] for i in self.out_indices)
+        if not self._layouts_settled and self.training and torch.is_grad_enabled() \
+                and not graph_capture():
+            # The first training pass laid out each weight for its conv: from now on the
+            # optimiser's state follows that layout, so it must stay (see settle_layouts).
+            settle_layouts(self.parameters())
+            self._layouts_settled = True
+        return tuple(outs)

@@ -10,7 +10,7 @@ for).
 import functools
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -67,12 +67,31 @@ def layouts_fixed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+#: Set on a parameter whose memory layout must not change any more (see :func:`settle_layouts`).
+SETTLED = '_resnest_mm_layout_settled'
+
+
+def settle_layouts(params: Iterable[torch.Tensor]) -> None:
+    """Keep these parameters in the layout they have from now on.
+
+    Called after a backbone's first training forward pass, which laid out each weight as its
+    conv computes at that input size. An optimiser's state (momentum, Adam's moments) takes the
+    layout of the first gradients; PyTorch's fused optimisers (``fused=True``) then walk
+    parameter, gradient and state by raw offset, so a weight re-laid out later (another input
+    size in multi-scale training, a validation pass between epochs) got its update applied to
+    the wrong elements (SGD, multi-scale: relative parameter errors up to 0.67)."""
+    for p in params:
+        setattr(p, SETTLED, True)
+
+
 def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -> None:
     """Store ``param`` (and its gradient) in ``memory_format``. It stays the same Parameter object
     (optimisers, hooks); only its storage changes. Done outside inference mode, so a first call
     under it leaves no inference tensor behind. Nothing changes under ``torch.distributed``
-    (:func:`layouts_fixed`): the convs then read the weight in the layout it has."""
-    if param.is_contiguous(memory_format=memory_format) or layouts_fixed():
+    (:func:`layouts_fixed`) or once the parameter's layout is settled (:func:`settle_layouts`):
+    the convs then read the weight in the layout it has."""
+    if (param.is_contiguous(memory_format=memory_format) or getattr(param, SETTLED, False)
+            or layouts_fixed()):
         return
     with torch.inference_mode(False), torch.no_grad():
         param.data = param.data.contiguous(memory_format=memory_format)

@@ -21,6 +21,11 @@ from .layout import emulated_half_precision, graph_capture, saves_take_any_layou
 
 #: The matrix product is used up to this many output positions (batch x height x width) per call.
 GEMM_MAX_POSITIONS = 8192
+#: A strided conv with fewer input channels takes the matrix product at any size: the backward
+#: of oneDNN's strided 1x1 conv on a channels-last float32 map with 3 to 6 input channels
+#: corrupts the heap ("double free or corruption", PyTorch 2.13 CPU; toy widths such as
+#: ``ResNet(depth=18, base_channels=4)`` at 640x640).
+NARROW_STRIDED_CHANNELS = 8
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -61,7 +66,8 @@ class PointwiseConv2d(nn.Conv2d):
             return False
         sh, sw = self.stride
         positions = x.shape[0] * -(-x.shape[2] // sh) * -(-x.shape[3] // sw)
-        return (positions <= GEMM_MAX_POSITIONS
+        narrow_strided = (sh, sw) != (1, 1) and self.in_channels < NARROW_STRIDED_CHANNELS
+        return ((positions <= GEMM_MAX_POSITIONS or narrow_strided)
                 and x.is_contiguous(memory_format=torch.channels_last)
                 and not emulated_half_precision(x))
 
