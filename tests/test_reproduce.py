@@ -137,8 +137,8 @@ def test_commands_skip_finished_and_resume_unfinished():
     (['--demo', '--gpus', '4', '--dry-run'], '--gpus applies to the full-scale rows'),
     (['--rows', '(', '--dry-run'], "rows: '(' is not a regular expression"),
     (['--rows', 'no_such_row', '--dry-run'], "match no row"),
-    (['--collect-only', '--gpus', '2'], '--gpus only matter(s) when rows run'),
-    (['--demo', '--collect-only', '--demo-iters', '3'], '--demo-iters only matter(s)'),
+    (['--collect-only', '--gpus', '2'], '--gpus only applies when rows run'),
+    (['--demo', '--collect-only', '--demo-iters', '3'], '--demo-iters only applies when'),
     (['--dry-run', '--out', 'somewhere'], '--dry-run writes none'),
 ])
 def test_cli_refuses_arguments_it_would_ignore_or_cannot_use(tmp_path, capsys, args, message):

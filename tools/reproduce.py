@@ -53,7 +53,8 @@ def main(argv=None) -> None:
         given = [flag for flag, value in (('--gpus', args.gpus), ('--demo-iters', args.demo_iters))
                  if value is not None]
         if given:
-            parser.error(f'{" and ".join(given)} only matter(s) when rows run; --collect-only '
+            verb = 'applies' if len(given) == 1 else 'apply'
+            parser.error(f'{" and ".join(given)} only {verb} when rows run; --collect-only '
                          'runs nothing')
     if args.dry_run and args.out is not None:
         parser.error('--out names where the tables go; --dry-run writes none')
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     if args.gpus is not None:
         changed = sorted({row.gpus for row in rows} - {args.gpus})
         rows = [with_gpus(row, args.gpus) for row in rows]
-        if changed and not args.collect_only:
+        if changed:
             print(f'--gpus {args.gpus}: the published recipes train on {changed} GPUs; the '
                   'total batch changes with the GPU count, so the learning rate is scaled to it '
                   '(--cfg-options auto_scale_lr.enable=True, base batch 16)')
