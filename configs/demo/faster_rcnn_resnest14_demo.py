@@ -24,7 +24,7 @@ model = dict(
         depth=14,
         stem_channels=32,
         base_channels=16,  # stage outputs 64, 128, 256, 512 channels
-        base_width=16,  # bottleneck width = planes, as in ResNeSt-50 (base_width is per 64)
+        base_width=16,  # per group at base_channels planes: width = planes, as in ResNeSt-50
         out_indices=(0, 1, 2, 3),
         frozen_stages=-1,
         norm_cfg=norm_cfg,
