@@ -394,9 +394,8 @@ def build_implementations(spec: NetworkSpec, peers: Sequence[str]) -> tuple[
     official = None
     if 'official' in peers:
         # The official network computes and trains like ours only without these.
-        frozen_norms = any(not p.requires_grad for m in ours.modules()
-                           if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                           for p in m.parameters(recurse=False))
+        # From the config, not the parameters: frozen_stages also turns requires_grad off.
+        frozen_norms = ours.norm_cfg.get('requires_grad', True) is False
         if ours.with_cp:
             reason = 'with_cp=True: the official network has no activation checkpointing'
         elif frozen_norms:

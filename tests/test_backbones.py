@@ -658,3 +658,29 @@ def test_init_cfg_entries_beside_pretrained_are_applied(tmp_path):
     plugin = model.layer1[0].context_block.conv_mask.weight
     assert torch.all(plugin == 0.5)
     assert torch.equal(model.conv1.weight, torch.load(ckpt)['conv1.weight'])
+
+
+def test_norm_kinds_mm_users_use_are_accepted():
+    import mmcv.ops  # noqa: F401  registers MMSyncBN (a plain Module, not a _BatchNorm)
+    from resnest_mm.models.checks import check_norm_kind
+    for layer in ('BN', 'BN2d', 'SyncBN', 'MMSyncBN', 'GN', 'IN2d', torch.nn.BatchNorm2d,
+                  mmcv.ops.SyncBatchNorm):
+        check_norm_kind('ResNet', dict(type=layer))
+    with pytest.raises(ValueError, match='InstanceNorm2d|instance norm'):
+        ResNeSt(depth=14, base_channels=8, stem_channels=16,
+                norm_cfg=dict(type=torch.nn.InstanceNorm2d))
+
+
+def test_pretrained_init_given_as_its_class_loads_and_is_not_zeroed(tmp_path):
+    from mmengine.model.weight_init import PretrainedInit
+    src = ResNet(depth=50, base_channels=8)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.uniform_(0.5, 1.0)
+    path = tmp_path / 'r50.pth'
+    torch.save(src.state_dict(), path)
+    model = ResNet(depth=50, base_channels=8,
+                   init_cfg=dict(type=PretrainedInit, checkpoint=str(path)))
+    model.init_weights()
+    for (name, a), b in zip(model.state_dict().items(), src.state_dict().values()):
+        assert torch.equal(a, b), name  # zero_init_residual did not overwrite bn3

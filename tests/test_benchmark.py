@@ -344,6 +344,15 @@ def test_with_cp_and_frozen_norms_are_benchmarked_alike(tmp_path):
         assert ('with_cp' if name == 'cp' else 'requires_grad') in skipped[0]['reason']
 
 
+def test_frozen_stages_keep_the_official_peer():
+    # frozen_stages turns requires_grad off too; only a norm_cfg that freezes norms matters.
+    from resnest_mm.models import variant_config
+    spec = bm.NetworkSpec(label='resnest50', config=dict(variant_config('resnest50'),
+                                                         frozen_stages=1), variant='resnest50')
+    impls, skipped = bm.build_implementations(spec, ('official',))
+    assert [i.source for i in impls] == ['ours', 'official'] and not skipped
+
+
 def test_the_callers_thread_count_is_restored():
     before = torch.get_num_threads()
     bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)],

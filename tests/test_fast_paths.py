@@ -858,3 +858,15 @@ def test_narrow_strided_pointwise_conv_avoids_onednns_crashing_backward():
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.returncode == 0 and 'backward done' in done.stdout, done.stderr[-2000:]
+
+
+def test_copies_of_a_trained_backbone_settle_their_own_weights():
+    """A deepcopy has new parameters: its first training pass settles them again."""
+    import copy
+    model = ResNet(depth=18, base_channels=8).train()
+    model(torch.rand(1, 3, 32, 32))[0].sum().backward()
+    assert all(layout.layouts_settled(p) for p in model.parameters())
+    twin = copy.deepcopy(model)
+    assert not any(layout.layouts_settled(p) for p in twin.parameters())
+    twin(torch.rand(1, 3, 32, 32))[0].sum().backward()
+    assert all(layout.layouts_settled(p) for p in twin.parameters())

@@ -62,17 +62,15 @@ def check_norm_kind(owner: str, norm_cfg: dict) -> None:
     import inspect
     import torch.nn as nn
     from mmengine.registry import MODELS
-    from torch.nn.modules.batchnorm import _BatchNorm
-    from torch.nn.modules.instancenorm import _InstanceNorm
     layer = norm_cfg['type']
     if not inspect.isclass(layer):
         with MODELS.switch_scope_and_registry(None) as registry:
             layer = registry.get(layer)
     if not inspect.isclass(layer):
         return  # unknown types are reported by check_layer_type
-    wrong_dims = (nn.BatchNorm1d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm3d)
-    if issubclass(layer, wrong_dims) or not issubclass(layer, (_BatchNorm, nn.GroupNorm,
-                                                               _InstanceNorm)):
+    # Refused by kind, not allowed by kind: mmcv's SyncBatchNorm ('MMSyncBN') is a plain Module.
+    wrong = (nn.BatchNorm1d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm3d, nn.LayerNorm)
+    if issubclass(layer, wrong):
         fail(owner, 'norm_cfg', norm_cfg, f'{layer.__name__} does not normalise 4-D feature '
              "maps; expected a 2-D batch, group or instance norm (e.g. 'BN', 'SyncBN', 'GN', "
              "'IN')")

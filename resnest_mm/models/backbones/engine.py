@@ -20,8 +20,8 @@ from ..checks import (check_bool, check_bool_seq, check_cfg, check_choice, check
                       check_layer_type, check_norm_kind, fail)
 from ..layers.dcn import register_dcn
 from ..layers.fold import conv_norm, run_sequential
-from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, no_hooks,
-                             settle_layouts, to_nchw)
+from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, layouts_settled,
+                             no_hooks, settle_layouts, to_nchw)
 from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv, layout_agnostic_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
@@ -45,6 +45,12 @@ def _naming_norm_errors(owner: str, norm_cfg: dict) -> Iterator[None]:
             fail(owner, 'norm_cfg', norm_cfg, f'GN needs num_groups to divide every normalised '
                  f'width ({err})')
         raise
+
+
+def _is_pretrained(cfg: dict) -> bool:
+    """A 'Pretrained' entry, named or given as mmengine's class (as mmengine reads it)."""
+    layer = cfg['type']
+    return layer == 'Pretrained' or getattr(layer, '__name__', None) == 'PretrainedInit'
 
 
 def _init_entries(init_cfg: Any) -> list:
@@ -265,7 +271,6 @@ class ResNetEngine(BaseModule):
                      f'every deformable conv; {name} has {m.in_channels} channels')
         self._freeze_stages()
         self._forget_arranged_params()
-        self._layouts_settled = False
         self.register_load_state_dict_post_hook(_forget_after_load)
 
     # ----------------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ class ResNetEngine(BaseModule):
                     and WEIGHT_INITIALIZERS.get(c['type'] + 'Init') is None:
                 fail(owner, 'init_cfg', c, f"no weight initializer {c['type']!r} is registered "
                      "in mmengine (e.g. 'Kaiming', 'Constant', 'Normal', 'Xavier', 'Pretrained')")
-        pretrained = [c for c in items if c['type'] == 'Pretrained']
+        pretrained = [c for c in items if _is_pretrained(c)]
         if len(pretrained) > 1:
             fail(owner, 'init_cfg', init_cfg, "expected at most one 'Pretrained' entry")
         for cfg in pretrained:
@@ -433,11 +438,11 @@ class ResNetEngine(BaseModule):
         """Load ``init_cfg``'s checkpoint strictly (a 'Pretrained' entry, alone or in a list),
         or apply the other init configs, or initialise (Kaiming); then zero-init residual."""
         items = _init_entries(self.init_cfg)
-        pretrained = next((c for c in items if c['type'] == 'Pretrained'), None)
+        pretrained = next((c for c in items if _is_pretrained(c)), None)
         if pretrained is not None:
             # Like mmengine: the other entries first (they matter for what the checkpoint does
             # not hold, e.g. plugins), then the checkpoint, strictly.
-            others = [c for c in items if c['type'] != 'Pretrained']
+            others = [c for c in items if not _is_pretrained(c)]
             if others:
                 from mmengine.model import initialize
                 initialize(self, others)
@@ -504,7 +509,6 @@ class ResNetEngine(BaseModule):
     def _apply(self, fn, recurse=True):
         # .to(), .cuda(), .half() may replace parameters (and always may change their layout).
         self._forget_arranged_params()
-        self._layouts_settled = False
         return super()._apply(fn, recurse)
 
     def _weights_to_channels_last(self, x: torch.Tensor) -> None:
@@ -640,10 +644,11 @@ class ResNetEngine(BaseModule):
                 x = getattr(self, name)(x)
                 if i in self.out_indices:
                     outs.append(x)
-        if not self._layouts_settled and self.training and torch.is_grad_enabled() \
-                and not graph_capture():
+        if self.training and torch.is_grad_enabled() and not graph_capture() \
+                and not layouts_settled(next(self.parameters())):
             # The first training pass laid out each weight for its conv: from now on the
             # optimiser's state follows that layout, so it must stay (see settle_layouts).
+            # Read from a parameter, not a flag of the module: a deepcopy or an assigning
+            # load_state_dict brings new parameters, which settle afresh.
             settle_layouts(self.parameters())
-            self._layouts_settled = True
         return tuple(outs)

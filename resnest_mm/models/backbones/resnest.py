@@ -61,6 +61,15 @@ class ResNeStBottleneck(Bottleneck):
         return x
 
 
+def _is_instance_norm(layer) -> bool:
+    from mmengine.registry import MODELS as MM_MODELS
+    from torch.nn.modules.instancenorm import _InstanceNorm
+    if isinstance(layer, str):
+        with MM_MODELS.switch_scope_and_registry(None) as registry:
+            layer = registry.get(layer)
+    return isinstance(layer, type) and issubclass(layer, _InstanceNorm)
+
+
 @MODELS.register_module()
 class ResNeSt(ResNetEngine):
     """ResNeSt backbone. ``ResNeSt(depth=D)`` is the paper's ResNeSt-D, the official network.
@@ -143,7 +152,7 @@ class ResNeSt(ResNetEngine):
                          f'group, which is {per_group} in stage {i + 1} (base_channels='
                          f'{base_channels}, base_width={base_width})')
         norm_cfg = kwargs.get('norm_cfg')
-        if isinstance(norm_cfg, dict) and str(norm_cfg.get('type', '')).startswith('IN'):
+        if isinstance(norm_cfg, dict) and _is_instance_norm(norm_cfg.get('type')):
             fail(owner, 'norm_cfg', norm_cfg, "instance norm cannot normalise split attention's "
                  "1x1 maps; use 'BN', 'SyncBN' or 'GN'")
         for name, flag in (('avd', avd), ('avd_first', avd_first),

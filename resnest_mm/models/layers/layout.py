@@ -84,6 +84,11 @@ def settle_layouts(params: Iterable[torch.Tensor]) -> None:
         setattr(p, SETTLED, True)
 
 
+def layouts_settled(param: torch.Tensor) -> bool:
+    """Whether :func:`settle_layouts` has fixed this parameter's layout."""
+    return getattr(param, SETTLED, False)
+
+
 def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -> None:
     """Store ``param`` (and its gradient) in ``memory_format``. It stays the same Parameter object
     (optimisers, hooks); only its storage changes. Done outside inference mode, so a first call
