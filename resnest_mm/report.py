@@ -17,11 +17,16 @@ def check_output_folder(path: str, *, name: str) -> None:
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f'{name}={path!r} is a file; expected a folder')
+    _check_under_folders(path, name, 'made')
+
+
+def _check_under_folders(path: str, name: str, verb: str) -> None:
+    """The nearest existing folder above ``path`` is a folder, not a file."""
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f'{name}={path!r} cannot be made: {parent!r} is a file, not a folder')
+        raise ValueError(f'{name}={path!r} cannot be {verb}: {parent!r} is a file, not a folder')
 
 
 def check_output_file(path: str, *, name: str, extensions: Optional[Sequence[str]] = None
@@ -38,11 +43,7 @@ def check_output_file(path: str, *, name: str, extensions: Optional[Sequence[str
     """
     if os.path.isdir(path):
         raise ValueError(f'{name}={path!r} is a folder; expected the path of a file')
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f'{name}={path!r} cannot be written: {parent!r} is a file, not a folder')
+    _check_under_folders(path, name, 'written')
     if extensions is not None:
         ext = os.path.splitext(path)[1].lstrip('.').lower()
         if ext not in extensions:

@@ -382,6 +382,11 @@ def collect_row(work_dir: str, key: Optional[str] = None,
     return result
 
 
+def _row_state(row: RunRow, work_root: str) -> RowResult:
+    """A row's state from its work dir under ``work_root``, judged by its table's metrics."""
+    return collect_row(os.path.join(work_root, row.key), row.key, TABLES[row.table][1])
+
+
 # ------------------------------------------------------------------------------------------------
 # Commands
 def _ckpt_path(work_dir: str) -> Optional[str]:
@@ -402,7 +407,7 @@ def commands(row: RunRow, work_root: str, demo: bool, state: Optional[RowResult]
     one CPU process. A row whose training stopped part way resumes (``--resume``).
     """
     work_dir = os.path.join(work_root, row.key)
-    state = state or collect_row(work_dir, row.key, TABLES[row.table][1])
+    state = state or _row_state(row, work_root)
     if state.status == 'finished':
         return []
     stages: list[tuple[str, list[str]]] = []
@@ -456,21 +461,21 @@ def run_stage(row: RunRow, stage: str, argv: list[str], work_root: str) -> int:
     work_dir = os.path.join(work_root, row.key)
     os.makedirs(work_dir, exist_ok=True)
     log = os.path.join(work_dir, f'reproduce_{stage}.log')
+    missing = None
     if stage == 'test' and any(a.startswith('$(cat ') for a in argv):
         ckpt = _ckpt_path(work_dir)
         if ckpt is None:
-            message = (f'{work_dir}/last_checkpoint is missing: training left no checkpoint '
-                       'to test')
-            with open(log, 'w') as out:
-                out.write(message + '\n')
-            now = time.strftime('%Y-%m-%d %H:%M:%S')
-            _record(work_dir, row.key, dict(stage=stage, command=shell_line(argv), log=log,
-                                            started=now, ended=now, returncode=NO_CHECKPOINT,
-                                            error=message), replace_last=False)
-            return NO_CHECKPOINT
-        argv = [ckpt if a.startswith('$(cat ') else a for a in argv]
+            missing = f'{work_dir}/last_checkpoint is missing: training left no checkpoint to test'
+        else:
+            argv = [ckpt if a.startswith('$(cat ') else a for a in argv]
     entry: dict[str, Any] = dict(stage=stage, command=shell_line(argv), log=log,
                                  started=time.strftime('%Y-%m-%d %H:%M:%S'), returncode=None)
+    if missing is not None:
+        with open(log, 'w') as out:
+            out.write(missing + '\n')
+        entry.update(ended=entry['started'], returncode=NO_CHECKPOINT, error=missing)
+        _record(work_dir, row.key, entry, replace_last=False)
+        return NO_CHECKPOINT
     _record(work_dir, row.key, entry, replace_last=False)
     rc = -2  # what an interrupted stage (Ctrl-C) is recorded with
     try:
@@ -488,7 +493,7 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
     is recorded and the next row goes on."""
     plans = []
     for row in rows:
-        state = collect_row(os.path.join(work_root, row.key), row.key, TABLES[row.table][1])
+        state = _row_state(row, work_root)
         plans.append((row, state, commands(row, work_root, demo, state)))
     if dry_run:
         for row, state, stages in plans:
@@ -531,8 +536,7 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
 # ------------------------------------------------------------------------------------------------
 # Tables
 def collect(rows: Sequence[RunRow], work_root: str) -> dict[str, RowResult]:
-    return {r.key: collect_row(os.path.join(work_root, r.key), r.key, TABLES[r.table][1])
-            for r in rows}
+    return {r.key: _row_state(r, work_root) for r in rows}
 
 
 def _status_cell(res: RowResult) -> str:

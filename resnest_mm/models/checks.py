@@ -57,15 +57,22 @@ def check_cfg(owner: str, name: str, value: Any, optional: bool = True) -> None:
              + (' or None' if optional else ''))
 
 
+def layer_class(layer: Any) -> Any:
+    """The class a config's ``type`` names, looked up as mmcv's builders do (the current default
+    scope, then mmengine's); None when none is registered. A class is returned as it is."""
+    import inspect
+    from mmengine.registry import MODELS
+    if inspect.isclass(layer):
+        return layer
+    with MODELS.switch_scope_and_registry(None) as registry:
+        return registry.get(layer)
+
+
 def check_norm_kind(owner: str, norm_cfg: dict) -> None:
     """``norm_cfg`` builds a norm of 4-D maps (batch, group or 2-D instance norm)."""
     import inspect
     import torch.nn as nn
-    from mmengine.registry import MODELS
-    layer = norm_cfg['type']
-    if not inspect.isclass(layer):
-        with MODELS.switch_scope_and_registry(None) as registry:
-            layer = registry.get(layer)
+    layer = layer_class(norm_cfg['type'])
     if not inspect.isclass(layer):
         return  # unknown types are reported by check_layer_type
     # Refused by kind, not allowed by kind: mmcv's SyncBatchNorm ('MMSyncBN') is a plain Module.
@@ -80,15 +87,11 @@ def check_layer_type(owner: str, name: str, cfg: dict) -> None:
     """``cfg['type']`` names a layer that mmcv's builders will find (they look it up as done
     here, in the current default scope and then mmengine's, and fail with a message that names
     neither the argument nor the type)."""
-    import inspect
     from mmengine.registry import MODELS
     layer = cfg['type']
-    if inspect.isclass(layer):
-        return
-    with MODELS.switch_scope_and_registry(None) as registry:
-        found = registry.get(layer)
-    if found is None:
-        where = ('mmengine' if registry.scope == 'mmengine'
-                 else f'the {registry.scope!r} scope or mmengine')
+    if layer_class(layer) is None:
+        with MODELS.switch_scope_and_registry(None) as registry:
+            scope = registry.scope
+        where = 'mmengine' if scope == 'mmengine' else f'the {scope!r} scope or mmengine'
         fail(owner, name, cfg, f'no layer type {layer!r} is registered in {where} (misspelt, or '
              'its package not imported?)')

@@ -1,11 +1,11 @@
 """ResNeSt (Zhang et al., 2020): split-attention bottlenecks on a ResNet-D frame."""
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 from ...registry import MODELS
-from ..checks import check_bool, check_int, fail
+from ..checks import check_bool, check_int, fail, layer_class
 from ..layers import SplitAttentionConv2d
 from ..layers.pool import ShapeOnlyAvgPool2d
 from .blocks import Bottleneck, mid_channels
@@ -61,12 +61,9 @@ class ResNeStBottleneck(Bottleneck):
         return x
 
 
-def _is_instance_norm(layer) -> bool:
-    from mmengine.registry import MODELS as MM_MODELS
+def _is_instance_norm(layer: Any) -> bool:
     from torch.nn.modules.instancenorm import _InstanceNorm
-    if isinstance(layer, str):
-        with MM_MODELS.switch_scope_and_registry(None) as registry:
-            layer = registry.get(layer)
+    layer = layer_class(layer)
     return isinstance(layer, type) and issubclass(layer, _InstanceNorm)
 
 
