@@ -95,7 +95,7 @@ def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -
     under it leaves no inference tensor behind. Nothing changes under ``torch.distributed``
     (:func:`layouts_fixed`) or once the parameter's layout is settled (:func:`settle_layouts`):
     the convs then read the weight in the layout it has."""
-    if (param.is_contiguous(memory_format=memory_format) or getattr(param, SETTLED, False)
+    if (param.is_contiguous(memory_format=memory_format) or layouts_settled(param)
             or layouts_fixed()):
         return
     with torch.inference_mode(False), torch.no_grad():
