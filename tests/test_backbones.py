@@ -523,6 +523,9 @@ def test_weights_are_rearranged_after_whatever_replaced_or_relaid_them():
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         model.load_state_dict(state, assign=True)
         assert arranged(model) == [False] * n
+        model(x)  # the Parameters view the dict's tensors: moved, they would no longer
+        assert arranged(model) == [False] * n
+        del state
         model(x)
         assert arranged(model) == [True] * n
         block = model.layer1[0]

@@ -281,7 +281,10 @@ def _check_training_step(conv: SpatialConv2d, x: torch.Tensor,
     """``conv(x)`` and its gradients (input, weight and bias, if any) equal the plain NCHW
     conv's (``nn.Conv2d``'s, its padding mode included); the weight is kept in ``weight_format``,
     the output is channels-last, the input's gradient in ``input_grad_format``, and the weight's
-    gradient comes in the weight's own layout (no copy)."""
+    gradient comes in the weight's own layout (no copy). The weight is first made unsettled,
+    as a fresh one, so that each call shows the layout its way computes in."""
+    if layout.layouts_settled(conv.weight):
+        delattr(conv.weight, layout.SETTLED)
     out = conv(x)
     weight = conv.weight
     assert weight.is_contiguous(memory_format=weight_format)
@@ -318,9 +321,16 @@ def test_spatial_conv_computes_weight_heavy_training_convs_in_nchw():
                    (small, torch.contiguous_format)]:
         _check_training_step(conv, x, fmt)
         assert conv.weight is weight
-    with torch.no_grad():  # inference computes channels-last again
-        conv(small)
-    assert weight.is_contiguous(memory_format=torch.channels_last)
+    # The last training step settled the weight in NCHW (an optimiser's state takes that
+    # layout): another way, training or inference, reads it as it is.
+    assert layout.layouts_settled(weight)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(large), F.conv2d(large, weight, conv.bias, padding=1,
+                                                         groups=2))
+    out = conv(large)
+    assert weight.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
+    out.sum().backward()
+    assert weight.grad.stride() == weight.stride()  # what an optimiser's state takes
     nchw = torch.randn(2, 16, 3, 3, dtype=torch.float64)
     torch.testing.assert_close(conv(nchw), F.conv2d(nchw, weight, conv.bias, padding=1, groups=2))
     traced = torch.jit.trace(conv, small)
@@ -830,6 +840,129 @@ def test_fused_optimizers_through_multi_scale_training_and_validation(cls, kwarg
     assert len(set(layouts)) == 1  # settled after the first training pass
     for (name, got), want in zip(ours.named_parameters(), ref.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def _multi_scale_steps(model, opt, sizes, *, seed=0, batch=2):
+    """Training steps through ``sizes``; the layout of one of layer4's 3x3 weights after each."""
+    conv = model.layer4[-1].conv2
+    layouts = []
+    for i, size in enumerate(sizes):
+        x = torch.rand(batch, 3, size, size, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed + i))
+        opt.zero_grad()
+        sum(o.square().mean() + o.mean() for o in model(x)).backward()
+        opt.step()
+        layouts.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
+    return layouts
+
+
+def _assert_same_parameters(ours, ref):
+    # Batch norm over layer4's 1x1 maps amplifies float64 rounding to about 1e-6 here; the
+    # wrong updates these tests guard against were off by 0.2 and more.
+    for (name, got), want in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def _resnet_pair(**kw):
+    """Our channels-last ResNet-50 at toy width and the same network in NCHW, same weights."""
+    torch.manual_seed(0)
+    ref = ResNet(depth=50, base_channels=16, norm_eval=False, channels_last=False,
+                 **kw).double().train()
+    ours = ResNet(depth=50, base_channels=16, norm_eval=False, **kw).double().train()
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+def test_fused_optimizer_training_in_eval_mode_keeps_the_first_layout():
+    """Weights trained with the backbone in eval mode (frozen norm statistics, a hand-written
+    loop): the first pass that records a weight's gradient settles its layout. Only train mode
+    did before, and fused AdamW then updated every parameter wrongly (relative error 0.84)."""
+    ours, ref = _resnet_pair()
+    ours.eval(), ref.eval()
+    sizes = (32, 128, 32, 128)  # layer4's 3x3 conv is weight-heavy at 32, not at 128
+    _multi_scale_steps(ref, torch.optim.AdamW(ref.parameters(), lr=1e-3), sizes)
+    layouts = _multi_scale_steps(ours, torch.optim.AdamW(ours.parameters(), lr=1e-3,
+                                                         fused=True), sizes)
+    assert len(set(layouts)) == 1
+    _assert_same_parameters(ours, ref)
+
+
+def test_parameters_put_in_after_training_began_settle_themselves():
+    """``load_state_dict(assign=True)`` after the first training pass brings new Parameter
+    objects (here layer4's convs): each settles at its own first recorded gradient. Settling
+    was read from the backbone's first parameter only, so these were re-laid out per input
+    size under fused SGD (relative error 0.38)."""
+    ours, ref = _resnet_pair()
+    sizes = (32, 64, 32, 64)
+    for model in (ours, ref):
+        x = torch.rand(8, 3, 64, 64, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(9))
+        sum(o.square().mean() for o in model(x)).backward()
+        model.zero_grad(set_to_none=True)
+        fresh = {k: v.contiguous().clone() for k, v in model.state_dict().items()
+                 if k.startswith('layer4.') and 'conv' in k}
+        model.load_state_dict(fresh, strict=False, assign=True)
+    _multi_scale_steps(ref, torch.optim.SGD(ref.parameters(), lr=0.02, momentum=0.9),
+                       sizes, batch=8)
+    layouts = _multi_scale_steps(
+        ours, torch.optim.SGD(ours.parameters(), lr=0.02, momentum=0.9, fused=True), sizes,
+        batch=8)
+    assert len(set(layouts)) == 1
+    _assert_same_parameters(ours, ref)
+
+
+@pytest.mark.parametrize('cls, kwargs', [(torch.optim.SGD, dict(lr=0.02, momentum=0.9)),
+                                         (torch.optim.AdamW, dict(lr=1e-3))], ids=['sgd', 'adamw'])
+def test_fused_optimizer_state_resumed_in_another_layout_follows_the_weights(cls, kwargs):
+    """A state restored by ``load_state_dict`` keeps the layout it was saved with. Resumed
+    where the weights settle in another layout (another first input size here; likewise a
+    run saved outside torch.distributed and resumed under it), the fused step walked the
+    state by raw offset into the wrong elements. Before each fused step the state now takes
+    its weight's layout."""
+    import copy
+    ours, ref = _resnet_pair()
+    ref_opt = cls(ref.parameters(), **kwargs)
+    opt = cls(ours.parameters(), fused=True, **kwargs)
+    _multi_scale_steps(ref, ref_opt, (128,), batch=8)
+    assert _multi_scale_steps(ours, opt, (128,), batch=8) == [True]
+    saved_model, saved_opt = copy.deepcopy(ours.state_dict()), copy.deepcopy(opt.state_dict())
+    # The resumed run starts at another size, where layer4's 3x3 weights settle in NCHW.
+    resumed, _ = _resnet_pair()
+    resumed.load_state_dict(saved_model)
+    resumed_opt = cls(resumed.parameters(), fused=True, **kwargs)
+    resumed_opt.load_state_dict(saved_opt)
+    assert _multi_scale_steps(resumed, resumed_opt, (32, 128), seed=1, batch=8) == [False] * 2
+    _multi_scale_steps(ref, ref_opt, (32, 128), seed=1, batch=8)
+    _assert_same_parameters(resumed, ref)
+
+
+def test_state_dict_views_such_as_an_ema_keep_reading_the_weights():
+    """mmengine's ``ExponentialMovingAverage(update_buffers=True)`` (and MMDetection's
+    ``ExpMomentumEMA``) keep ``state_dict()`` views of the averaged copy and update them in
+    place. A weight viewed that way keeps its memory: once the copy had been evaluated, its
+    3x3 weights were moved to new memory and stopped following the average."""
+    from mmengine.model import ExponentialMovingAverage
+    torch.manual_seed(0)
+    model = ResNeSt(depth=14, base_channels=16, stem_channels=16).train()
+    ema = ExponentialMovingAverage(model, momentum=0.5, update_buffers=True)
+    ema.update_parameters(model)
+    ema.module.eval()
+    with torch.no_grad():
+        ema.module(torch.rand(1, 3, 64, 64))  # evaluating the copy
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    ema.update_parameters(model)
+    after = ema.module.state_dict()
+    stuck = [k for k, _ in ema.module.named_parameters() if torch.equal(before[k], after[k])]
+    assert not stuck
+    # The copy computes with the averaged weights: as the same network in NCHW with them.
+    ref = ResNeSt(depth=14, base_channels=16, stem_channels=16, channels_last=False).eval()
+    ref.load_state_dict(after)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(ema.module(x), ref(x)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_narrow_strided_pointwise_conv_avoids_onednns_crashing_backward():

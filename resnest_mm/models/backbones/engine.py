@@ -20,8 +20,8 @@ from ..checks import (check_bool, check_bool_seq, check_cfg, check_choice, check
                       check_layer_type, check_norm_kind, fail)
 from ..layers.dcn import register_dcn
 from ..layers.fold import conv_norm, run_sequential
-from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, layouts_settled,
-                             no_hooks, settle_layouts, to_nchw)
+from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, no_hooks,
+                             settle_module_once, to_nchw)
 from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv, layout_agnostic_conv
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
@@ -644,11 +644,9 @@ class ResNetEngine(BaseModule):
                 x = getattr(self, name)(x)
                 if i in self.out_indices:
                     outs.append(x)
-        if self.training and torch.is_grad_enabled() and not graph_capture() \
-                and not layouts_settled(next(self.parameters())):
+        if self.training and torch.is_grad_enabled() and not graph_capture():
             # The first training pass laid out each weight for its conv: from now on the
             # optimiser's state follows that layout, so it must stay (see settle_layouts).
-            # Read from a parameter, not a flag of the module: a deepcopy or an assigning
-            # load_state_dict brings new parameters, which settle afresh.
-            settle_layouts(self.parameters())
+            # Each conv settles the weights it records a gradient of; this settles the rest.
+            settle_module_once(self)
         return tuple(outs)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules import module as _module
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
 def graph_capture() -> bool:
@@ -75,13 +76,30 @@ def settle_layouts(params: Iterable[torch.Tensor]) -> None:
     """Keep these parameters in the layout they have from now on.
 
     Called after a backbone's first training forward pass, which laid out each weight as its
-    conv computes at that input size. An optimiser's state (momentum, Adam's moments) takes the
-    layout of the first gradients; PyTorch's fused optimisers (``fused=True``) then walk
-    parameter, gradient and state by raw offset, so a weight re-laid out later (another input
-    size in multi-scale training, a validation pass between epochs) got its update applied to
-    the wrong elements (SGD, multi-scale: relative parameter errors up to 0.67)."""
+    conv computes at that input size, and by :func:`arrange_parameter` for a weight whose
+    gradient a pass records (in eval mode too, and for a parameter put in after training
+    began). An optimiser's state (momentum, Adam's moments) takes the layout of the first
+    gradients; PyTorch's fused optimisers (``fused=True``) then walk parameter, gradient and
+    state by raw offset, so a weight re-laid out later (another input size in multi-scale
+    training, a validation pass between epochs) got its update applied to the wrong elements
+    (SGD, multi-scale: relative parameter errors up to 0.67)."""
     for p in params:
         setattr(p, SETTLED, True)
+
+
+#: Set on a module's first parameter once :func:`settle_module_once` settled all of them.
+MODULE_SETTLED = '_resnest_mm_module_layouts_settled'
+
+
+def settle_module_once(module: nn.Module) -> None:
+    """Settle all of ``module``'s parameters, once. Read from its first parameter, not from a
+    flag of the module: a deepcopy or an assigning ``load_state_dict`` brings new parameters,
+    which settle afresh."""
+    first = next(module.parameters(), None)
+    if first is None or getattr(first, MODULE_SETTLED, False):
+        return
+    settle_layouts(module.parameters())
+    setattr(first, MODULE_SETTLED, True)
 
 
 def layouts_settled(param: torch.Tensor) -> bool:
@@ -89,19 +107,69 @@ def layouts_settled(param: torch.Tensor) -> bool:
     return getattr(param, SETTLED, False)
 
 
+def storage_shared(param: torch.Tensor) -> bool:
+    """Whether another tensor views ``param``'s memory: e.g. mmengine's
+    ``ExponentialMovingAverage``, which keeps ``state_dict()`` views of its model's parameters
+    and updates them in place. Moved to new memory, the parameter would leave such views
+    updating memory it no longer reads (an EMA model's weights stopped moving once it had been
+    evaluated)."""
+    use_count = getattr(torch._C, '_storage_Use_Count', None)
+    if use_count is None:  # a PyTorch without the count: assume a view may exist
+        return True
+    # One reference is the parameter's own, one the storage object asked here.
+    return use_count(param.untyped_storage()._cdata) > 2
+
+
 def arrange_parameter(param: torch.Tensor, memory_format: torch.memory_format) -> None:
     """Store ``param`` (and its gradient) in ``memory_format``. It stays the same Parameter object
     (optimisers, hooks); only its storage changes. Done outside inference mode, so a first call
     under it leaves no inference tensor behind. Nothing changes under ``torch.distributed``
-    (:func:`layouts_fixed`) or once the parameter's layout is settled (:func:`settle_layouts`):
-    the convs then read the weight in the layout it has."""
-    if (param.is_contiguous(memory_format=memory_format) or layouts_settled(param)
-            or layouts_fixed()):
+    (:func:`layouts_fixed`), once the parameter's layout is settled (:func:`settle_layouts`), or
+    while another tensor views its memory (:func:`storage_shared`): the convs then read the
+    weight in the layout it has. A call that records the parameter's gradient settles it."""
+    if layouts_settled(param) or layouts_fixed():
         return
-    with torch.inference_mode(False), torch.no_grad():
-        param.data = param.data.contiguous(memory_format=memory_format)
-        if param.grad is not None:
-            param.grad = param.grad.contiguous(memory_format=memory_format)
+    if not param.is_contiguous(memory_format=memory_format) and not storage_shared(param):
+        with torch.inference_mode(False), torch.no_grad():
+            param.data = param.data.contiguous(memory_format=memory_format)
+            if param.grad is not None:
+                param.grad = param.grad.contiguous(memory_format=memory_format)
+    settle_if_recorded(param)
+
+
+def settle_if_recorded(param: torch.Tensor) -> None:
+    """Settle ``param`` (:func:`settle_layouts`) when this pass records its gradient: an
+    optimiser's state will take the layout it has now."""
+    if torch.is_grad_enabled() and param.requires_grad:
+        setattr(param, SETTLED, True)
+
+
+def state_layouts_follow_parameters(optimizer: torch.optim.Optimizer, *_) -> None:
+    """Before a fused optimiser's step: lay out each state tensor (momentum, Adam's moments)
+    of a parameter's shape as that parameter is laid out.
+
+    PyTorch's fused optimisers walk parameter, gradient and state by raw offset, whatever their
+    strides. A state restored by ``load_state_dict`` keeps the layout it was saved with, which
+    can differ from the resumed parameters' (a run saved outside ``torch.distributed`` and
+    resumed under it, where the weights keep the layout they were built with; or resumed at
+    another first input size): the update then went to the wrong elements (relative parameter
+    errors of 0.2-0.4 after one step). The for-loop and foreach optimisers follow any layout and
+    are left alone. Registered for every optimiser when this module is imported; a state that
+    already matches is not copied."""
+    for group in optimizer.param_groups:
+        if not group.get('fused'):
+            continue
+        for p in group['params']:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == p.shape
+                        and value.stride() != p.stride()):
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+_STATE_HOOK = register_optimizer_step_pre_hook(state_layouts_follow_parameters)
 
 
 #: Elements per block of :func:`nchw_copy`: the block read (every channel of a run of positions)

@@ -49,7 +49,8 @@ from mmcv.cnn import build_conv_layer
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
-from .layout import arrange_parameter, emulated_half_precision, graph_capture, to_nchw
+from .layout import (arrange_parameter, emulated_half_precision, graph_capture,
+                     settle_if_recorded, to_nchw)
 from .pointwise import is_plain_conv
 
 #: A training conv computes in NCHW when its weight has at least this many values per output
@@ -248,6 +249,8 @@ class SpatialConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.path(x)
         if path == 'plain':
+            if not (graph_capture() or parametrize.is_parametrized(self)):
+                settle_if_recorded(self.weight)  # e.g. a 1x1 map, which is NCHW as well
             return super().forward(x)
         if path == 'nchw':
             arrange_parameter(self.weight, torch.contiguous_format)
