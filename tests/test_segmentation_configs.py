@@ -298,6 +298,23 @@ def test_check_seg_labels_arguments_and_placement():
     with pytest.raises(ValueError, match='num_classes=0'):
         CheckSegLabels(num_classes=0)
     with pytest.raises(KeyError, match='after LoadAnnotations'):
-        CheckSegLabels(num_classes=3)(dict(img=np.zeros((2, 2, 3))))
+        CheckSegLabels(num_classes=3)(dict(img=np.zeros((2, 2, 3)), seg_map_path='x.png'))
+    # An image without a label map (MMSegmentation's inference APIs) passes as it is.
+    image_only = dict(img=np.zeros((2, 2, 3)), img_path='a.jpg')
+    assert CheckSegLabels(num_classes=3)(image_only) is image_only
     ok = dict(gt_seg_map=np.array([[0, 2], [255, 1]], np.uint8), seg_map_path='x.png')
     assert CheckSegLabels(num_classes=3)(ok) is ok
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_test_pipeline_takes_an_image_without_label_map(path, tmp_path):
+    """MMSegmentation's ``inference_model`` and ``MMSegInferencer`` drop ``LoadAnnotations`` from
+    the test pipeline: the rest (``CheckSegLabels`` among it) must take an image alone."""
+    from mmcv.transforms import Compose
+    cfg = load(path)
+    steps = [t for t in cfg.test_pipeline if t['type'] != 'LoadAnnotations']
+    assert any(t['type'] == 'resnest_mm.CheckSegLabels' for t in steps)
+    image = str(tmp_path / 'a.jpg')
+    cv2.imwrite(image, np.zeros((40, 48, 3), np.uint8))
+    packed = Compose(steps)(dict(img_path=image))
+    assert packed['inputs'].shape[0] == 3 and 'gt_sem_seg' not in packed['data_samples']

@@ -51,7 +51,8 @@ class CheckedADE20KDataset(ADE20KDataset):
 @TRANSFORMS.register_module()
 class CheckSegLabels(BaseTransform):
     """Pipeline step after ``LoadAnnotations``: the label map has its image's size and holds only
-    class ids and the ignore index, else a ``ValueError`` names the file.
+    class ids and the ignore index, else a ``ValueError`` names the file. A sample without a
+    label map (no ``seg_map_path``, as in MMSegmentation's inference APIs) passes unchecked.
 
     Without it an out-of-range id crashes the loss deep inside a CUDA kernel (no file named) or,
     in evaluation, is silently dropped from the confusion counts. The check is a vectorised
@@ -71,6 +72,10 @@ class CheckSegLabels(BaseTransform):
 
     def transform(self, results: dict) -> dict:
         if 'gt_seg_map' not in results:
+            if results.get('seg_map_path') is None:
+                # An image without a label map: MMSegmentation's inference_model and
+                # MMSegInferencer drop LoadAnnotations from the test pipeline and keep this step.
+                return results
             raise KeyError('CheckSegLabels: no gt_seg_map in the results; put it after '
                            'LoadAnnotations in the pipeline.')
         path = results.get('seg_map_path', '<in memory>')
