@@ -191,7 +191,10 @@ class SpatialConv2d(nn.Conv2d):
       (:func:`~.layout.emulated_half_precision`).
 
     In inference it is channels-last. It keeps its weight in the layout it computes in (the
-    backbone leaves this weight to it), so no way copies the weight or its gradient. The
+    backbone leaves this weight to it), so no way copies the weight or its gradient, until a
+    pass records the weight's gradient: from then on the weight keeps that layout (an
+    optimiser's state takes it; see :func:`~.layout.settle_layouts`) and every way reads it as
+    it is. The
     returned map is channels-last every way, and the input's gradient goes back channels-last
     (except with circular padding computed channels-last: its pad's backward returns NCHW).
 
