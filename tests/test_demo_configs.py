@@ -79,16 +79,19 @@ def test_demo_config_runs_through_its_toolboxs_inference_api(path):
     (no annotation): they drop ``LoadAnnotations`` from the config's test pipeline and keep the
     rest, which must then take an image alone. ``CheckSegLabels`` raised there."""
     import numpy as np
+    from mmengine.registry import DefaultScope
     cfg = Config.fromfile(path)
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    if cfg.default_scope == 'mmdet':
-        from mmdet.apis import inference_detector, init_detector
-        model = init_detector(cfg, device='cpu')
-        out = inference_detector(model, image)
-        assert out.pred_instances.bboxes.shape[-1] == 4
-    else:
-        from mmseg.apis import inference_model, init_model
-        cfg.model.data_preprocessor.size = None  # the demo crop; one image is padded to 32
-        model = init_model(cfg, device='cpu')
-        out = inference_model(model, image)
-        assert out.pred_sem_seg.data.shape == (1, 48, 64)
+    # The APIs set the toolbox's default scope for the process: undone on leaving.
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        if cfg.default_scope == 'mmdet':
+            from mmdet.apis import inference_detector, init_detector
+            model = init_detector(cfg, device='cpu')
+            out = inference_detector(model, image)
+            assert out.pred_instances.bboxes.shape[-1] == 4
+        else:
+            from mmseg.apis import inference_model, init_model
+            cfg.model.data_preprocessor.size = None  # the demo crop; one image is padded to 32
+            model = init_model(cfg, device='cpu')
+            out = inference_model(model, image)
+            assert out.pred_sem_seg.data.shape == (1, 48, 64)
