@@ -75,10 +75,10 @@ SETTLED = '_resnest_mm_layout_settled'
 def settle_layouts(params: Iterable[torch.Tensor]) -> None:
     """Keep these parameters in the layout they have from now on.
 
-    Called after a backbone's first training forward pass, which laid out each weight as its
-    conv computes at that input size, and by :func:`arrange_parameter` for a weight whose
-    gradient a pass records (in eval mode too, and for a parameter put in after training
-    began). An optimiser's state (momentum, Adam's moments) takes the layout of the first
+    Called after a backbone's first training forward pass (:func:`settle_module_once`), which
+    laid out each weight as its conv computes at that input size, and for a weight whose
+    gradient a pass records (:func:`settle_if_recorded`; in eval mode too, and for a parameter
+    put in after training began). An optimiser's state (momentum, Adam's moments) takes the layout of the first
     gradients; PyTorch's fused optimisers (``fused=True``) then walk parameter, gradient and
     state by raw offset, so a weight re-laid out later (another input size in multi-scale
     training, a validation pass between epochs) got its update applied to the wrong elements
@@ -141,7 +141,7 @@ def settle_if_recorded(param: torch.Tensor) -> None:
     """Settle ``param`` (:func:`settle_layouts`) when this pass records its gradient: an
     optimiser's state will take the layout it has now."""
     if torch.is_grad_enabled() and param.requires_grad:
-        setattr(param, SETTLED, True)
+        settle_layouts((param,))
 
 
 def state_layouts_follow_parameters(optimizer: torch.optim.Optimizer, *_) -> None:
