@@ -1,4 +1,7 @@
 """Install resnest_mm. The pinned stack is installed by ``tools/install.sh``."""
+# Lets an older Python read this file and report python_requires, not a TypeError.
+from __future__ import annotations
+
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -37,4 +40,5 @@ setup(
         'build': read_requirements('build'),
     },
     license='Apache-2.0',
+    license_files=['LICENSE'],
 )

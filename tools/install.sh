@@ -44,8 +44,15 @@ else
     # torch first, and the CPU build by name: PyPI's plain torch==2.13.0 is the CUDA build
     # (GBs). The constraints then keep any later requirement from replacing it. An installed
     # torch 2.13.0 (a CUDA build put there on purpose) is kept.
-    if "$VPY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != "2.13.0")' 2>/dev/null; then
-        log "keeping the installed torch $("$VPY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+    # Another torch version (say a CUDA build the environment was made for) is not replaced.
+    HAVE_TORCH=$("$VPY" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true)
+    if [ "${HAVE_TORCH%%+*}" = "2.13.0" ]; then
+        log "keeping the installed torch $HAVE_TORCH"
+    elif [ -n "$HAVE_TORCH" ]; then
+        log "$VENV holds torch $HAVE_TORCH; this stack is pinned to torch 2.13.0, and replacing"
+        log "  yours would drop its build. Install torch 2.13.0 there (its CUDA build on a GPU"
+        log "  machine) and run again, or set RESNEST_MM_VENV to another environment."
+        exit 1
     else
         log "installing torch 2.13.0+cpu"
         if ! pipi "torch==2.13.0+cpu"; then
