@@ -40,6 +40,8 @@ STATUS_FILE = 'reproduce_status.json'
 #: The exit status recorded for a test stage that found no checkpoint to test.
 NO_CHECKPOINT = -3
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The repository's scripts that the stages run, relative to :data:`REPO_ROOT`.
+TOOLS = ('tools/train.py', 'tools/test.py', 'tools/dist_train.sh', 'tools/dist_test.sh')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,6 +125,8 @@ def demo_rows(demo_dir: str, work_root: str, iters: int = 20,
         tables: Keep the rows of these tables (None: all).
     """
     from mmengine.config import Config
+    # Absolute: the stages run in the repository root, not where the caller is.
+    demo_dir, work_root = os.path.abspath(demo_dir), os.path.abspath(work_root)
     paths = sorted(glob.glob(os.path.join(demo_dir, '*.py')))
     if not paths:
         raise FileNotFoundError(f'demo_dir={demo_dir!r} holds no config (*.py)')
@@ -406,7 +410,7 @@ def commands(row: RunRow, work_root: str, demo: bool, state: Optional[RowResult]
     CONFIG CHECKPOINT GPUS --work-dir DIR``; the demo runs ``tools/train.py``/``tools/test.py`` in
     one CPU process. A row whose training stopped part way resumes (``--resume``).
     """
-    work_dir = os.path.join(work_root, row.key)
+    work_dir = os.path.join(os.path.abspath(work_root), row.key)
     state = state or _row_state(row, work_root)
     if state.status == 'finished':
         return []
@@ -454,11 +458,30 @@ def _record(work_dir: str, key: str, entry: dict, replace_last: bool) -> None:
     os.replace(tmp, path)
 
 
+class NotACheckout(FileNotFoundError):
+    """The repository's tools or configs are not beside this copy of the package."""
+
+
+def check_checkout(stages: Sequence[Sequence[str]], configs: Sequence[str] = ()) -> None:
+    """Fail unless the repository's tools that the ``stages`` run and the ``configs`` exist,
+    relative paths read from :data:`REPO_ROOT` as the stages will."""
+    wanted = {a for argv in stages for a in argv if a in TOOLS} | set(configs)
+    missing = sorted((p for p in wanted if not os.path.isfile(os.path.join(REPO_ROOT, p))),
+                     key=lambda p: (p not in TOOLS, p))  # the tools first: they tell most
+    if missing:
+        named = ', '.join(missing[:4]) + (f' and {len(missing) - 4} more' if missing[4:] else '')
+        raise NotACheckout(
+            f'the stages run the repository\'s tools and configs from {REPO_ROOT}, which lacks '
+            f'{named}: a pip-installed resnest_mm holds the library only. Run '
+            'tools/reproduce.py from a clone of the repository (bash tools/install.sh installs '
+            'it editable).')
+
+
 def run_stage(row: RunRow, stage: str, argv: list[str], work_root: str) -> int:
     """Run one stage, its output into ``<work dir>/reproduce_<stage>.log``, its exit status
     into the status file (a stage that dies with this process stays ``returncode: null``; a
     test stage with no checkpoint to test is recorded as failed with :data:`NO_CHECKPOINT`)."""
-    work_dir = os.path.join(work_root, row.key)
+    work_dir = os.path.join(os.path.abspath(work_root), row.key)
     os.makedirs(work_dir, exist_ok=True)
     log = os.path.join(work_dir, f'reproduce_{stage}.log')
     missing = None
@@ -490,11 +513,21 @@ def run_stage(row: RunRow, stage: str, argv: list[str], work_root: str) -> int:
 def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool = False,
              echo: Callable[[str], None] = print, progress: bool = True) -> None:
     """Run (or with ``dry_run`` print) every stage still missing, row after row. A failed stage
-    is recorded and the next row goes on."""
+    is recorded and the next row goes on.
+
+    Raises:
+        NotACheckout: The repository's tools or configs that the stages run are not beside this
+            copy of the package (a pip-installed copy holds the library only).
+    """
+    # Absolute: the stages run in the repository root, and their --work-dir must be the folder
+    # that this process reads the rows' states from.
+    work_root = os.path.abspath(work_root)
     plans = []
     for row in rows:
         state = _row_state(row, work_root)
         plans.append((row, state, commands(row, work_root, demo, state)))
+    check_checkout([argv for _, _, stages in plans for _, argv in stages],
+                   [row.config for row, _, stages in plans if stages and not row.derived_from])
     if dry_run:
         for row, state, stages in plans:
             head = f'# {row.key} ({row.method}, {row.backbone}): {state.status}'

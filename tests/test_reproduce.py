@@ -7,6 +7,7 @@ training without a final evaluation.
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -390,3 +391,38 @@ def test_run_rows_goes_on_after_a_failed_row_with_and_without_a_bar(tmp_path, mo
     assert [line.split(' (log: ')[0] for line in lines if ' started (log: ' in line] == [
         'faster_rcnn_resnet50: train started', 'faster_rcnn_resnet50: test started',
         'faster_rcnn_resnest50: train started']
+
+
+def test_library_calls_with_relative_paths_run_stages_on_absolute_ones(tmp_path, monkeypatch):
+    # The stages run in the repository root: relative paths given to the library (not only to
+    # the tool) must not be read from there.
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    monkeypatch.setattr(rp, 'run_stage', lambda row, stage, argv, root: seen.append(argv) or 0)
+    rp.run_rows(rp.full_rows(['^faster_rcnn_resnest50$']), 'runs', demo=False, progress=False,
+                echo=lambda line: None)
+    work_dir = str(tmp_path / 'runs' / 'faster_rcnn_resnest50')
+    assert [argv[argv.index('--work-dir') + 1] for argv in seen] == [work_dir, work_dir]
+    shutil.copytree(os.path.join(ROOT, 'configs'), tmp_path / 'configs')
+    rows = rp.demo_rows('configs/demo', 'runs', keys=['^demo_faster_rcnn'])
+    assert [r.config for r in rows] == [
+        str(tmp_path / 'configs' / 'demo' / 'faster_rcnn_resnest14_demo.py'),
+        str(tmp_path / 'runs' / '_configs' / 'demo_faster_rcnn_resnest14_demo_resnet18.py')]
+
+
+def test_running_rows_outside_a_checkout_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    # A pip-installed copy has no tools/ or configs/ beside it.
+    monkeypatch.setattr(rp, 'REPO_ROOT', str(tmp_path / 'site-packages'))
+    rows = rp.full_rows(['^faster_rcnn_resnest50$'])
+    for dry_run in (True, False):
+        with pytest.raises(rp.NotACheckout, match=r'lacks tools/dist_test\.sh, tools/dist_train'
+                           r'\.sh, configs/faster_rcnn_resnest50_fpn\.py: a pip-installed'):
+            rp.run_rows(rows, str(tmp_path / 'runs'), demo=False, dry_run=dry_run,
+                        progress=False, echo=lambda line: None)
+    assert not (tmp_path / 'runs').exists()
+    with pytest.raises(SystemExit) as err:
+        _cli().main(['--dry-run', '--work-root', str(tmp_path / 'runs')])
+    assert err.value.code == 2
+    assert re.search(r'lacks tools/dist_test\.sh, tools/dist_train\.sh, configs/\S+, configs/'
+                     r'\S+ and \d+ more: a pip-installed resnest_mm holds the library only',
+                     capsys.readouterr().err)

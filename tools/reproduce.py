@@ -16,8 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnest_mm.report import check_output_folder  # noqa: E402
-from resnest_mm.reproduce import (REPO_ROOT, collect, demo_rows, full_rows,  # noqa: E402
-                                  render_markdown, run_rows, with_gpus, write_outputs)
+from resnest_mm.reproduce import (REPO_ROOT, NotACheckout, collect, demo_rows,  # noqa: E402
+                                  full_rows, render_markdown, run_rows, with_gpus,
+                                  write_outputs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +99,11 @@ def main(argv=None) -> None:
                   'total batch changes with the GPU count, so the learning rate is scaled to it '
                   '(--cfg-options auto_scale_lr.enable=True, base batch 16)')
     if not args.collect_only:
-        run_rows(rows, root, demo=args.demo, dry_run=args.dry_run,
-                 progress=not args.no_progress)
+        try:
+            run_rows(rows, root, demo=args.demo, dry_run=args.dry_run,
+                     progress=not args.no_progress)
+        except NotACheckout as err:
+            parser.error(str(err))
         if args.dry_run:
             return
     results = collect(rows, root)
