@@ -32,6 +32,7 @@ slow drifts of a shared machine hit them all alike and none always runs first; r
 from the medians of that one run.
 """
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -111,6 +112,10 @@ class BenchmarkSettings:
                     or not all(isinstance(v, str) for v in value)):
                 raise ValueError(f'{name}={value!r} is not valid; expected a tuple of distinct '
                                  f'names from {allowed}')
+        if 'train' in self.modes and self.batch < 2:
+            raise ValueError(f'batch={self.batch} is not valid with the train mode: batch norm in '
+                             'training needs more than one value per channel, and split '
+                             "attention's norms see one per image; expected >= 2")
         if self.size < 32:
             raise ValueError(f'size={self.size} is not valid; the backbones downsample 32 times, '
                              'expected >= 32')
@@ -403,7 +408,9 @@ def build_implementations(spec: NetworkSpec, peers: Sequence[str]) -> tuple[
                       'parameters')
         else:
             official = official_network(spec.variant)
-            reason = 'the official resnest package has no such network'
+            reason = ('the official resnest package has no such network'
+                      if _installed('resnest') else
+                      'the official resnest package is not installed (pip install resnest==0.0.5)')
         if official is None:
             skipped.append(dict(network=spec.label, peer='official', reason=reason))
     if official is not None:
@@ -413,7 +420,10 @@ def build_implementations(spec: NetworkSpec, peers: Sequence[str]) -> tuple[
         randomize_norms(ours)
     if 'mmdet' in peers:
         mm_cfg, note = mmdet_peer_config(ours)
-        if mm_cfg is None:
+        if not _installed('mmdet'):
+            skipped.append(dict(network=spec.label, peer='mmdet', reason='MMDetection is not '
+                                'installed (pip install mmdet==3.3.0)'))
+        elif mm_cfg is None:
             skipped.append(dict(network=spec.label, peer='mmdet', reason=note))
         else:
             from mmdet.registry import MODELS as MMDET_MODELS
@@ -439,6 +449,10 @@ def build_implementations(spec: NetworkSpec, peers: Sequence[str]) -> tuple[
         impls.append(Implementation(spec.label, 'official', f'resnest.torch.{spec.variant}',
                                     official, _call))
     return impls, skipped
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _shape_differences(ours: nn.Module, peer: nn.Module) -> str:
@@ -601,6 +615,10 @@ def environment(settings: BenchmarkSettings) -> dict:
         from torch._inductor import config as inductor_config
         # Freezing (TORCHINDUCTOR_FREEZING=1) folds norms and prepacks weights for inference.
         env['inductor_freezing'] = bool(inductor_config.freezing)
+    from . import __version__
+    # Which copy was measured: a checkout's path tells it from an installed release.
+    env['resnest_mm'] = __version__
+    env['resnest_mm_path'] = os.path.dirname(os.path.abspath(__file__))
     # Installed distributions' versions: the official resnest module has no __version__.
     for pkg in ('mmengine', 'mmcv', 'mmdet', 'resnest'):
         try:

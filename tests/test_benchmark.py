@@ -151,10 +151,28 @@ def test_cpu_vector_capability_is_recorded_and_shown(result, monkeypatch):
 
 
 def test_package_versions_are_recorded():
-    """The official resnest package has no __version__; its installed version is still named."""
+    """The official resnest package has no __version__; its installed version is still named.
+    So is the resnest_mm measured, and where it was imported from (a checkout or a release)."""
+    import resnest_mm
     env = bm.environment(fast())
     for pkg in ('mmengine', 'mmcv', 'mmdet', 'resnest'):
         assert env[pkg] == importlib.metadata.version(pkg), pkg
+    assert env['resnest_mm'] == resnest_mm.__version__
+    assert env['resnest_mm_path'] == os.path.dirname(resnest_mm.__file__)
+
+
+def test_peer_packages_that_are_not_installed_are_skipped_with_the_reason(monkeypatch):
+    # MMDetection is not a requirement of resnest_mm itself; neither is the official package.
+    import sys
+    for name in ('mmdet', 'mmdet.registry', 'mmdet.models', 'resnest', 'resnest.torch'):
+        monkeypatch.setitem(sys.modules, name, None)  # what an uninstalled package imports as
+    res = bm.run_benchmark([bm.resolve_spec('resnest50', **TINY_RESNEST)],
+                           fast(modes=('infer',), flops=False, memory=False, iters=1),
+                           progress=False)
+    assert [m.source for m in res.measurements] == ['ours']
+    assert {d['peer']: d['reason'] for d in res.skipped_peers} == {
+        'official': 'the official resnest package is not installed (pip install resnest==0.0.5)',
+        'mmdet': 'MMDetection is not installed (pip install mmdet==3.3.0)'}
 
 
 def test_interleaved_round_robin(monkeypatch):
@@ -221,10 +239,19 @@ def test_config_file_backbone(tmp_path):
     (dict(amp='False'), 'amp'), (dict(memory='no'), 'memory'), (dict(channels_last=0), 'channels'),
     (dict(modes=('infer', 'infer')), 'distinct'), (dict(modes='infer'), 'modes'),
     (dict(peers=None), 'peers=None'),
+    (dict(batch=1), r'batch=1 is not valid with the train mode: batch norm in training needs more '
+                    r'than one value per channel'),
 ])
 def test_bad_settings_fail_early(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bm.run_benchmark([bm.resolve_spec('resnet50', **TINY)], fast(**kwargs), progress=False)
+
+
+def test_one_image_is_benchmarked_in_inference():
+    res = bm.run_benchmark([bm.resolve_spec('resnest14', **TINY_RESNEST)],
+                           fast(batch=1, modes=('infer',), peers=(), flops=False, memory=False,
+                                iters=1, warmup=0), progress=False)
+    assert res.get('resnest14', 'ours').median('infer') > 0
 
 
 def test_unknown_network():
