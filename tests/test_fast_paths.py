@@ -749,6 +749,65 @@ def test_ddp_gradients_equal_the_plain_networks(tmp_path, cls, kwargs):
     _assert_same_grads(got, want)
 
 
+def _spatial_weights(model: nn.Module) -> dict:
+    return {n: p for n, p in model.named_parameters() if p.dim() == 4 and p.shape[2:] != (1, 1)}
+
+
+@pytest.mark.parametrize('cls,kwargs', [(ResNeSt, dict(depth=14, stem_channels=16)),
+                                        (ResNeXt, dict(depth=50, groups=4, base_width=2))])
+def test_channels_last_true_builds_the_weights_channels_last_for_ddp(tmp_path, cls, kwargs):
+    # Under torch.distributed a weight keeps the layout it has when DDP wraps the model, so a
+    # forward pass is too late to lay it out: with channels_last=True it is built so.
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    torch.manual_seed(0)
+    steps = [torch.rand(2, 3, s, s, dtype=torch.float64) for s in (64, 32)]
+    plain = cls(base_channels=8, channels_last=False, **kwargs).double().train()
+    want = _grads(plain, steps)
+    dist.init_process_group('gloo', store=dist.FileStore(str(tmp_path / 'store'), 1), rank=0,
+                            world_size=1)
+    try:
+        fast = cls(base_channels=8, channels_last=True, **kwargs).double().train()
+        fast.load_state_dict(plain.state_dict())
+        weights = _spatial_weights(fast)
+        not_cl = [n for n, p in weights.items()
+                  if not p.is_contiguous(memory_format=torch.channels_last)]
+        assert weights and not not_cl, not_cl
+        ddp = DistributedDataParallel(fast)
+        got = [{k.replace('module.', '', 1): v for k, v in g.items()}
+               for g in _grads(ddp, steps)]
+    finally:
+        dist.destroy_process_group()
+    _assert_same_grads(got, want)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights.values())
+
+
+def test_a_norm_that_reads_nchw_memory_gets_nchw_maps():
+    # mmcv's SyncBatchNorm ('MMSyncBN') indexes its input's memory as NCHW, as this one does;
+    # PyTorch's norms follow the strides. A norm of another kind keeps the stages NCHW.
+    from mmengine.registry import MODELS
+
+    class NCHWMemoryNorm(nn.Module):  # not a _BatchNorm
+        def __init__(self, num_features, **kwargs):
+            super().__init__()
+            self.norm = nn.BatchNorm2d(num_features, **kwargs)
+
+        def forward(self, x):
+            assert x.is_contiguous(), 'channels-last map given to an NCHW-memory norm'
+            return self.norm(x)
+
+    MODELS.register_module('_TestNCHWMemoryNorm', module=NCHWMemoryNorm, force=True)
+    cfg = dict(type='_TestNCHWMemoryNorm')
+    model = ResNeSt(depth=14, base_channels=8, stem_channels=16, norm_cfg=cfg).train()
+    sum(o.sum() for o in model(torch.rand(2, 3, 32, 32))).backward()
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match=r"channels_last=True is not valid; .* norms other than "
+                       r"PyTorch's \(e\.g\. mmcv's 'MMSyncBN'\) need NCHW input"):
+        ResNet(depth=18, norm_cfg=cfg, channels_last=True)
+
+
 @pytest.mark.parametrize('act', [nn.SiLU, nn.GELU])
 def test_swapped_activations_get_the_plain_gradients(act):
     def swap(model):

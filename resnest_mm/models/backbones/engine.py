@@ -22,7 +22,8 @@ from ..layers.dcn import register_dcn
 from ..layers.fold import conv_norm, run_sequential
 from ..layers.layout import (SavedAsNCHW, arrange_parameter, graph_capture, no_hooks,
                              settle_module_once, to_nchw)
-from ..layers.pointwise import PointwiseConv2d, build_pointwise_conv, layout_agnostic_conv
+from ..layers.pointwise import (PointwiseConv2d, build_pointwise_conv, layout_agnostic_conv,
+                               layout_agnostic_norm)
 from ..layers.pool import ShapeOnlyAvgPool2d
 from ..layers.spatial import SpatialConv2d, build_spatial_conv
 from .blocks import ResidualBlock
@@ -106,7 +107,9 @@ class ResNetEngine(BaseModule):
         channels_last: Compute the stages in channels-last memory layout (outputs are returned
             in the input's layout). None (default) picks it where it is faster: on CPU (oneDNN's
             convolutions prefer it), and on CUDA under autocast. Results are the same up to
-            floating-point rounding. Stages with ``dcn`` need NCHW, so auto picks False there.
+            floating-point rounding. True also builds the conv weights channels-last, the
+            layout they keep under ``torch.distributed``. Stages with ``dcn`` or mmcv's
+            ``MMSyncBN`` need NCHW, so auto picks False there (and True is refused).
         pretrained: Deprecated; path of a checkpoint, same as
             ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=..., map_location=...])``
@@ -236,12 +239,15 @@ class ResNetEngine(BaseModule):
         if channels_last is not None and not isinstance(channels_last, bool):
             fail(owner, 'channels_last', channels_last, 'expected None (auto), True or False')
         self._nchw_only = ((self.dcn is not None and any(self.stage_with_dcn))
-                           or not layout_agnostic_conv(conv_cfg))
+                           or not layout_agnostic_conv(conv_cfg)
+                           or not layout_agnostic_norm(norm_cfg))
         if channels_last and self._nchw_only:
-            # mmcv's deformable conv kernels index the input as NCHW (and so may other convs).
+            # mmcv's deformable conv kernels and its SyncBatchNorm index the input as NCHW (and
+            # so may other convs).
             fail(owner, 'channels_last', channels_last,
-                 'mmcv deformable convs (dcn, or a conv_cfg other than Conv/ConvWS/ConvAWS) need '
-                 'NCHW input; use None or False')
+                 'mmcv deformable convs (dcn, or a conv_cfg other than Conv/ConvWS/ConvAWS) and '
+                 "norms other than PyTorch's (e.g. mmcv's 'MMSyncBN') need NCHW input; use None "
+                 'or False')
         self.channels_last = channels_last
         self.block_kwargs = dict(block_kwargs or {})
 
@@ -272,6 +278,8 @@ class ResNetEngine(BaseModule):
         self._freeze_stages()
         self._forget_arranged_params()
         self.register_load_state_dict_post_hook(_forget_after_load)
+        if channels_last:
+            self._build_weights_channels_last()
 
     # ----------------------------------------------------------------------------------------
     # Construction
@@ -510,6 +518,19 @@ class ResNetEngine(BaseModule):
         # .to(), .cuda(), .half() may replace parameters (and always may change their layout).
         self._forget_arranged_params()
         return super()._apply(fn, recurse)
+
+    def _build_weights_channels_last(self) -> None:
+        """Lay out the plain conv weights channels-last now, while nothing holds them.
+
+        Under ``torch.distributed`` a weight keeps the layout it has when the model is wrapped
+        (:func:`layouts_fixed`), and a forward pass comes too late to change it: with
+        ``channels_last=True`` the weights are built in the layout the convs compute in, so DDP
+        runs spare each conv a weight copy (``.to(device)`` keeps the layout).
+        """
+        with torch.no_grad():
+            for m in self.modules():
+                if type(m) in _PLAIN_CONVS and m.weight.shape[2:] != (1, 1):
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
 
     def _weights_to_channels_last(self, x: torch.Tensor) -> None:
         """Store the conv weights channels-last, as the convs will compute.

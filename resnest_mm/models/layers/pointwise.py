@@ -153,6 +153,9 @@ def is_plain_conv(conv_cfg: Optional[dict]) -> bool:
 #: conv_cfg types whose convs compute any memory layout (``F.conv2d`` underneath); others, such
 #: as mmcv's deformable convs used through ``conv_cfg``, are given NCHW input.
 LAYOUT_AGNOSTIC_CONVS = ('Conv', 'Conv2d', 'ConvWS', 'ConvAWS')
+#: Norm classes whose kernels follow their input's strides (SyncBatchNorm is a _BatchNorm).
+TORCH_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
+               nn.modules.instancenorm._InstanceNorm)
 
 
 def layout_agnostic_conv(conv_cfg: Optional[dict]) -> bool:
@@ -163,6 +166,14 @@ def layout_agnostic_conv(conv_cfg: Optional[dict]) -> bool:
     if isinstance(layer, type):
         return issubclass(layer, nn.Conv2d) and not hasattr(layer, 'deform_groups')
     return layer in LAYOUT_AGNOSTIC_CONVS
+
+
+def layout_agnostic_norm(norm_cfg: dict) -> bool:
+    """Whether the norms ``norm_cfg`` builds take channels-last input: PyTorch's batch, group and
+    instance norms do; mmcv's SyncBatchNorm ('MMSyncBN') reads its input's memory as NCHW."""
+    from ..checks import layer_class
+    layer = layer_class(norm_cfg['type'])
+    return isinstance(layer, type) and issubclass(layer, TORCH_NORMS)
 
 
 def build_pointwise_conv(conv_cfg: Optional[dict], in_channels: int, out_channels: int, *,
