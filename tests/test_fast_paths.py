@@ -410,6 +410,24 @@ def test_spatial_conv_computes_weight_grad_by_gemm_without_avx512(monkeypatch, s
             _check_training_step(conv, inp, torch.channels_last)
 
 
+@pytest.mark.parametrize('dtype,tol', [(torch.bfloat16, 4e-3), (torch.float16, 6e-4)])
+def test_half_precision_weight_grad_by_gemm_adds_its_blocks_in_float32(monkeypatch, dtype, tol):
+    # A half-precision model (not autocast) on a CPU with slow weight-gradient kernels takes
+    # this way; its blocks' sum must be as accurate as a conv's own, not rounded per block.
+    monkeypatch.setattr(spatial, 'GEMM_BLOCK_VALUES', 48 * 144 * 4)  # 16 blocks of 4 rows
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 48, 48, dtype=torch.float64)
+    grad = torch.randn(4, 32, 48, 48, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    want = torch.nn.grad.conv2d_weight(x, (32, 16, 3, 3), grad, padding=1)
+    got = spatial.weight_grad_by_gemm(x.to(dtype), grad.to(dtype), torch.Size((32, 16, 3, 3)),
+                                      (1, 1), (1, 1), (1, 1), 1)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.grad.conv2d_weight(x.to(dtype), (32, 16, 3, 3), grad.to(dtype), padding=1)
+    errors = [float((g.double() - want).abs().max() / want.abs().max()) for g in (got, conv)]
+    assert errors[0] < tol and errors[1] < tol, errors
+
+
 @pytest.mark.parametrize('slow', [True, False], ids=['avx2', 'avx512'])
 @pytest.mark.parametrize('mode', ['reflect', 'replicate', 'circular'])
 def test_spatial_conv_pads_as_its_padding_mode_says(monkeypatch, slow, mode):

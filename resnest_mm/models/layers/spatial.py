@@ -122,7 +122,11 @@ def weight_grad_by_gemm(x: torch.Tensor, grad: torch.Tensor, weight_shape: torch
     # MKL ran the transposed product, (kh * kw * in, out) per group, up to 1.3x faster; it then
     # costs a copy of the weight's size, which only pays where the map is the larger.
     transposed = n * ho * wo >= cols
-    out = x.new_empty((groups, cols, out_g) if transposed else (groups, out_g, cols))
+    # Half-precision blocks add up in float32, as a conv's own kernels accumulate: rounded to
+    # bfloat16 once per block, the sum was off by 5x a conv's error (16 blocks).
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    out = x.new_empty((groups, cols, out_g) if transposed else (groups, out_g, cols),
+                      dtype=torch.float32 if half else x.dtype)
     rows = grad.permute(0, 2, 3, 1)  # (N, Ho, Wo, out): a view of a channels-last grad
     for g in range(groups):
         taps = padded.as_strided(
@@ -132,13 +136,15 @@ def weight_grad_by_gemm(x: torch.Tensor, grad: torch.Tensor, weight_shape: torch
             unfolded = taps[i0:i1, r0:r1].reshape(-1, cols)  # the unfolding copy
             grad_rows = rows[i0:i1, r0:r1, :, g * out_g:(g + 1) * out_g].reshape(-1, out_g)
             a, b = (unfolded.t(), grad_rows) if transposed else (grad_rows.t(), unfolded)
+            if half:
+                a, b = a.float(), b.float()
             if i:
                 out[g].addmm_(a, b)
             else:
                 torch.mm(a, b, out=out[g])
     if transposed:
         out = out.transpose(1, 2).contiguous()
-    return out.view(out_c, kh, kw, in_g).permute(0, 3, 1, 2)
+    return out.to(x.dtype).view(out_c, kh, kw, in_g).permute(0, 3, 1, 2)
 
 
 class _GemmWeightGradConv(torch.autograd.Function):
