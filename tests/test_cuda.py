@@ -100,16 +100,16 @@ def test_float16_autocast_channels_last_is_as_close_as_mmdetections(name):
     to the float32 network as MMDetection's is, in inference and in a training step."""
     x = torch.randn(2, 3, 64, 96, device='cuda')
     ours, mmdet = implementations(name)[:2]
-    errors = {}
+    errors, halves = {}, {}
     for impl in (ours, mmdet):
         impl.model.eval()
         with torch.no_grad():
             ref = impl.forward(impl.model, x)
             with torch.autocast('cuda', dtype=torch.float16):
-                half = impl.forward(impl.model, x)
+                half = halves[impl.source] = impl.forward(impl.model, x)
         assert all(torch.isfinite(o).all() for o in half)
         errors[impl.source] = relative_diff(half, ref)
-    assert all(o.is_contiguous() for o in half)  # NCHW in, NCHW out
+    assert all(o.is_contiguous() for o in halves['ours'])  # NCHW in, NCHW out
     # cuDNN's channels-last kernels get channels-last weights: no per-call weight copies.
     spatial = [m.weight for m in ours.model.modules()
                if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
@@ -123,15 +123,19 @@ def test_float16_autocast_channels_last_is_as_close_as_mmdetections(name):
         assert g.dtype == torch.float32 and torch.isfinite(g).all(), n
 
 
-def test_split_attention_under_autocast_keeps_float32_weights_and_their_gradient():
+@pytest.mark.parametrize('radix', [1, 2])
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+def test_split_attention_under_autocast_keeps_float32_weights_and_their_gradient(radix, layout):
     """Autocast runs the softmax across splits in float32; the weights stay float32 (as in the
     reference implementations), so the weighted sum is float32 and so is the weights' gradient,
-    a sum over the whole map that a float16 tensor could not hold under loss scaling."""
-    layer = SplitAttentionConv2d(in_channels=64, channels=64, radix=2).cuda()
+    a sum over the whole map that a float16 tensor could not hold under loss scaling. Radix 1's
+    sigmoid, which autocast leaves in float16, is given float32 logits for the same reason. In
+    the backbone under autocast the layer sees channels-last maps."""
+    layer = SplitAttentionConv2d(in_channels=64, channels=64, radix=radix).cuda()
     seen = {}
     attention = layer.attention
     layer.attention = lambda pooled: seen.setdefault('weights', attention(pooled))
-    x = torch.rand(2, 64, 200, 304, device='cuda')
+    x = torch.rand(2, 64, 200, 304, device='cuda').contiguous(memory_format=layout)
     with torch.no_grad():
         ref = layer.eval()(x)
         seen.clear()

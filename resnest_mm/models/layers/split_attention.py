@@ -169,6 +169,10 @@ class SplitAttentionConv2d(BaseModule):
         n, r, k = pooled.shape[0], self.radix, self.groups
         logits = self.fc2(self.relu(self.norm1(self.fc1(pooled))))
         if r == 1:
+            if logits.is_cuda and torch.is_autocast_enabled('cuda'):
+                # Float32 weights, as autocast gives the softmax of radix >= 2 (see forward);
+                # autocast leaves a sigmoid in float16.
+                logits = logits.float()
             return torch.sigmoid(logits).view(n, 1, self.channels)
         # fc2 is grouped by cardinal group, so its output is ordered (group, split, channel);
         # the softmax runs across splits and the result is reordered to the splits' layout.
