@@ -210,6 +210,7 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         cfg.load_from = None if resume == 'auto' else resume
     if load_from is not None:
         cfg.load_from = load_from
+    check_efficient_conv_bn_eval(cfg)
     if amp:
         if not torch.cuda.is_available():
             raise ValueError('--amp needs a CUDA GPU; none is available here')
@@ -218,6 +219,23 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
             wrapper.type = 'AmpOptimWrapper'
             wrapper.setdefault('loss_scale', 'dynamic')
     return cfg
+
+
+def check_efficient_conv_bn_eval(cfg: Config) -> None:
+    """Refuse ``efficient_conv_bn_eval`` on modules that hold one of our backbones: mmengine
+    traces each named module with ``torch.fx.symbolic_trace``, which our backbones (their
+    forward picks memory layouts and ways per input) do not support, nor MMDetection's ResNeSt;
+    the run would fail at start with a tracing error."""
+    names = cfg.get('efficient_conv_bn_eval')
+    backbone = (cfg.get('model') or {}).get('backbone') or {}
+    if not names or not str(backbone.get('type', '')).startswith('resnest_mm.'):
+        return
+    for name in [names] if isinstance(names, str) else names:
+        if name in ('', 'backbone') or str(name).startswith('backbone.'):
+            raise ValueError(f'efficient_conv_bn_eval={names!r} is not supported with '
+                             f'{backbone["type"]}: mmengine traces {name or "the model"!r} with '
+                             'torch.fx, which cannot trace these backbones; leave the backbone '
+                             'out of it')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -503,8 +521,11 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
         have = unwrap_state_dict(ckpt)  # without DDP's 'module.' prefix, as mmengine loads it
     except CheckpointMismatchError as err:
         raise CheckpointMismatchError(f'{what} {path!r}: {err}') from err
-    # mmengine loads into the wrapped model of DDP and of test-time augmentation alike.
-    module = model.module if is_model_wrapper(model) or isinstance(model, BaseTTAModel) else model
+    # mmengine loads into the wrapped model of DDP and of test-time augmentation alike, and
+    # peels both from DDP(TTA(model)) (a multi-process --tta test).
+    module = model
+    while is_model_wrapper(module) or isinstance(module, BaseTTAModel):
+        module = module.module
     want = module.state_dict()
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
@@ -620,7 +641,9 @@ HEADLINES = {
 def format_metrics(metrics: Mapping, *, title: str = 'final metrics') -> str:
     """The metrics as text: headline metrics first (``bbox mAP@0.5: 0.612``), then the rest."""
     if not metrics:
-        return f'{title}: none (no validation/test ran)'
+        # Also after an evaluation that gave none: format_only, or nothing predicted.
+        return (f'{title}: none (no evaluation ran, or the evaluator returned no metrics, e.g. '
+                'with format_only or when there were no predictions to score)')
     lines = [f'{title}:']
     for key, name in HEADLINES.items():
         if key in metrics:

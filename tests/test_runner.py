@@ -214,3 +214,21 @@ def test_checkpoint_fit_check_sees_through_test_time_augmentation(tmp_path):
     path = str(tmp_path / 'c.pth')
     torch.save({'state_dict': model.state_dict()}, path)
     rr.check_checkpoint_fits(TTA(module=model), path, what='checkpoint')
+    # Under DDP (a multi-process --tta test) the wrapper holds the TTA model.
+    rr.check_checkpoint_fits(torch.nn.DataParallel(TTA(module=model)), path, what='checkpoint')
+
+
+def test_efficient_conv_bn_eval_is_refused_only_where_it_would_trace_our_backbone():
+    for names in ('backbone', ['neck', 'backbone.layer1'], ['']):
+        with pytest.raises(ValueError, match='not supported with resnest_mm.ResNeSt: mmengine '
+                                             'traces .* with torch.fx'):
+            rr.load_config(CONFIG, cfg_options={'efficient_conv_bn_eval': names})
+    cfg = rr.load_config(CONFIG, cfg_options={'efficient_conv_bn_eval': ['neck']})
+    assert cfg.efficient_conv_bn_eval == ['neck']
+
+
+def test_no_metrics_names_the_evaluations_that_give_none():
+    # format_only (results written, not scored) runs the test and returns no metrics.
+    text = rr.format_metrics({}, title='test metrics')
+    assert text.startswith('test metrics: none (no evaluation ran, or the evaluator returned')
+    assert 'format_only' in text

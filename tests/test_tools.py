@@ -111,6 +111,9 @@ def test_a_checkpoint_that_does_not_fit_is_not_loaded(trained, coco_root, tmp_pa
     ('train_cfg.max_itres=1', "cannot be set up from the config: TypeError: .*'max_itres'"),
     ('train_cfg.max_iters=0', 'nothing to train'),
     ('max_iters=1', "'max_iters' is a variable of the config file"),
+    # mmengine would fail at start tracing the backbone with torch.fx.
+    ("efficient_conv_bn_eval=['backbone']", r"efficient_conv_bn_eval=\['backbone'\] is not "
+                                            r'supported with resnest_mm\.ResNeSt'),
 ])
 def test_config_options_that_cannot_work_are_one_clear_error(coco_root, tmp_path, option,
                                                             message):
@@ -151,6 +154,12 @@ def test_two_process_ddp_on_cpu_trains(coco_root, tmp_path):
     assert "model_wrapper_cfg = dict(type='CPUDistributedDataParallel')" in out
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
     assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', out)
+    assert out.count('final metrics:') == 1  # by the main process only
+    proc = run_tool('-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                    str(_free_port()), 'tools/test.py', DET_DEMO, osp.join(work, 'iter_2.pth'),
+                    '--launcher', 'pytorch', '--work-dir', work, *tiny_det(coco_root, 2))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (proc.stdout + proc.stderr).count('test metrics:') == 1
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):

@@ -51,12 +51,13 @@ def main(argv=None) -> int:
         return 2
     try:
         metrics = rr.test(cfg, checkpoint=args.checkpoint)
+        # Before the process group goes: without it every rank is the main process.
+        rr.print_metrics(metrics, title='test metrics')
     except rr.RUN_ERRORS as err:
         print(f'error: {rr.run_error_message(err)}', file=sys.stderr)
         return 2
     finally:
         rr.shutdown_distributed()
-    rr.print_metrics(metrics, title='test metrics')
     return 0
 
 

@@ -50,12 +50,13 @@ def main(argv=None) -> int:
         return 2
     try:
         metrics = rr.train(cfg)
+        # Before the process group goes: without it every rank is the main process.
+        rr.print_metrics(metrics)
     except rr.RUN_ERRORS as err:
         print(f'error: {rr.run_error_message(err)}', file=sys.stderr)
         return 2
     finally:
         rr.shutdown_distributed()
-    rr.print_metrics(metrics)
     return 0
 
 
