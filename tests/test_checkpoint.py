@@ -357,3 +357,44 @@ def test_load_pretrained_takes_path_objects_and_checks_its_arguments(tmp_path):
         load_pretrained(dst, str(path), prefix=1, **QUIET)
     with pytest.raises(TypeError, match='checkpoint=3 is not valid'):
         load_pretrained(dst, 3, **QUIET)
+
+
+def test_importing_the_models_lets_mmengine_checkpoints_load_with_weights_only(tmp_path):
+    # MMDetection's DetInferencer/init_detector and MMSegmentation's inferencers load with
+    # torch.load's default weights_only=True, which refused what every mmengine checkpoint holds
+    # (numpy values, a HistoryBuffer); our configs import resnest_mm.models. Run apart: this
+    # process may have allowed them already.
+    import subprocess
+    import sys
+    script = f'''
+import numpy as np, torch
+from mmengine.logging.history_buffer import HistoryBuffer
+path = {str(tmp_path / 'c.pth')!r}
+buf = HistoryBuffer()
+buf.update(1.5)
+torch.save(dict(state_dict=dict(w=torch.ones(2)), meta=dict(seed=np.int64(3), epoch=1),
+                message_hub=dict(log_scalars=dict(loss=buf)), array=np.arange(3)), path)
+try:
+    torch.load(path)
+    print('loaded before the import')
+except Exception as err:
+    print('refused before the import:', type(err).__name__)
+import resnest_mm.models
+ckpt = torch.load(path)
+print('loaded after the import', int(ckpt['meta']['seed']), ckpt['message_hub']['log_scalars']['loss'].current())
+class Evil:
+    def __reduce__(self):
+        return (print, ('executed',))
+torch.save(dict(x=Evil()), path)
+try:
+    torch.load(path)
+    print('loaded an arbitrary object')
+except Exception as err:
+    print('still refused:', type(err).__name__)
+'''
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ['refused before the import: UnpicklingError',
+                                        'loaded after the import 3 1.5',
+                                        'still refused: UnpicklingError'], proc.stdout
