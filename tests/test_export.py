@@ -39,6 +39,19 @@ def test_jit_trace_matches_eager(name):
         _close(traced(x), model(x))
 
 
+@pytest.mark.parametrize('name', ['resnest', 'res2net'])
+def test_torch_export_with_automatic_dynamic_sizes_runs_at_other_sizes(name):
+    # Dim.AUTO, as README says: a named Dim(min=33) is refused by PyTorch's shape solver for
+    # the ceil-mode avg-down pool (MMDetection's ResNeSt and Res2Net alike).
+    from torch.export import Dim
+    model = _eval(name)
+    program = torch.export.export(model, (torch.randn(1, 3, 64, 64),),
+                                  dynamic_shapes=({2: Dim.AUTO, 3: Dim.AUTO},))
+    x = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        _close(program.module()(x), model(x))
+
+
 @pytest.mark.parametrize('name', ['resnest_r4_k2', 'res2net'])
 def test_torch_export_matches_eager(name):
     model = _eval(name)

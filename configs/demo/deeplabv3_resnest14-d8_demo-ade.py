@@ -30,7 +30,9 @@ model = dict(
                      num_classes=num_classes, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=128, channels=16, num_classes=num_classes,
                         norm_cfg=norm_cfg),
-    # One pass over each 128x128 test image (test_cfg.mode='slide' also works).
+    # One pass over each 128x128 test image. Sliding windows need their size and step too:
+    # --cfg-options model.test_cfg.mode=slide model.test_cfg.crop_size="(64,64)"
+    # model.test_cfg.stride="(48,48)"
     test_cfg=dict(mode='whole'))
 
 # Data: ADE20K's layout and conventions (0 = other/ignored, 1..5 = wall, building, sky, floor,
