@@ -291,7 +291,8 @@ def adapt_sync_bn(cfg: Config, *, launcher: Optional[str] = None,
 
 
 def setup_cpu_distributed(cfg: Config) -> None:
-    """Prepare a ``pytorch``-launched run on CPUs: gloo process group, DDP without device ids.
+    """Prepare a ``pytorch``-launched run on CPUs: gloo process group, DDP without device ids,
+    and validation with rank 0's norm statistics (``BuffersFromRankZeroHook``).
 
     mmengine's launcher code assumes a GPU per process; on a CPU-only machine the group is
     initialised here (mmengine then keeps it) and the model is wrapped by
@@ -306,10 +307,16 @@ def setup_cpu_distributed(cfg: Config) -> None:
             raise ValueError(f'launcher={cfg.launcher!r} on a machine without CUDA: only '
                              "'pytorch' (torchrun) is supported there")
         dist.init_process_group(backend='gloo')
+    _register_cpu_ddp()
     wrapper = cfg.get('model_wrapper_cfg') or {}
     if wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
         cfg.model_wrapper_cfg = dict(wrapper, type='CPUDistributedDataParallel')
-        _register_cpu_ddp()
+    # Each process trains its own BN statistics (mmengine wraps with broadcast_buffers=False,
+    # and SyncBN runs as BN here): validation then scored each rank's share with other
+    # statistics than the checkpoint's (rank 0's) holds.
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'BuffersFromRankZeroHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='BuffersFromRankZeroHook')]
 
 
 def shutdown_distributed() -> None:
@@ -333,10 +340,24 @@ def shutdown_distributed() -> None:
 
 
 def _register_cpu_ddp() -> None:
-    from mmengine.model import MMDistributedDataParallel
-    from mmengine.registry import MODEL_WRAPPERS
+    from mmengine.hooks import Hook
+    from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+    from mmengine.registry import HOOKS, MODEL_WRAPPERS
     if MODEL_WRAPPERS.get('CPUDistributedDataParallel') is not None:
         return
+
+    @HOOKS.register_module()
+    class BuffersFromRankZeroHook(Hook):
+        """Before each validation, every process takes rank 0's buffers (norm statistics):
+        what is validated is then what rank 0's checkpoint of that step holds."""
+
+        def before_val_epoch(self, runner) -> None:
+            import torch.distributed as dist
+            if not (dist.is_available() and dist.is_initialized()):
+                return
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
     @MODEL_WRAPPERS.register_module()
     class CPUDistributedDataParallel(MMDistributedDataParallel):
@@ -403,6 +424,11 @@ def ensure_demo_data(kind: str, root: str, *, timeout_s: float = 600) -> bool:
               f'(resnest_mm.demo_data)', logger='current')
     tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(root)}-', dir=parent)
     try:
+        # mkdtemp makes the folder private (0700); the data set gets the permissions of a
+        # folder made as usual (tools/make_demo_data.py's), which the umask decides.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         writer(tmp)
         os.rename(tmp, root)
     except BaseException:

@@ -233,3 +233,57 @@ def test_no_metrics_names_the_evaluations_that_give_none():
     text = rr.format_metrics({}, title='test metrics')
     assert text.startswith('test metrics: none (no evaluation ran, or the evaluator returned')
     assert 'format_only' in text
+
+
+def _buffers_worker(rank: int, world: int, folder: str) -> None:
+    import types
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{folder}/store', rank=rank,
+                            world_size=world)
+    try:
+        rr._register_cpu_ddp()
+        from mmengine.registry import HOOKS
+        hook = HOOKS.build(dict(type='BuffersFromRankZeroHook'))
+        norm = torch.nn.BatchNorm2d(3)
+        norm.train()(torch.randn(4, 3, 2, 2) + 10 * rank)  # each rank's own statistics
+        hook.before_val_epoch(types.SimpleNamespace(model=norm))
+        torch.save(dict(norm.named_buffers()), f'{folder}/rank{rank}.pth')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cpu_ddp_validates_with_rank_zeros_norm_statistics(tmp_path):
+    # Each process of CPU DDP (SyncBN runs as BN there) trains its own BN statistics; the
+    # checkpoint holds rank 0's, and validation on the other ranks used their own (the demo
+    # config's final validation differed from a test of the checkpoint it had just saved).
+    import torch.multiprocessing as mp
+    cfg = rr.load_config(CONFIG, launcher='pytorch')
+    import torch.distributed as dist
+    if not torch.cuda.is_available():
+        dist.init_process_group('gloo', init_method=f'file://{tmp_path}/cfg_store', rank=0,
+                                world_size=1)
+        try:
+            rr.setup_cpu_distributed(cfg)
+        finally:
+            dist.destroy_process_group()
+        assert dict(type='BuffersFromRankZeroHook') in cfg.custom_hooks
+    mp.spawn(_buffers_worker, args=(2, str(tmp_path)), nprocs=2)
+    got = [torch.load(tmp_path / f'rank{r}.pth') for r in range(2)]
+    assert got[0]['running_mean'].abs().max() < 0.5  # rank 0's, not rank 1's (about 1.0)
+    for name in got[0]:
+        assert torch.equal(got[0][name], got[1][name]), name
+
+
+def test_demo_data_written_by_the_tools_gets_the_usual_permissions(tmp_path, monkeypatch):
+    # Written in a temporary folder and renamed: mkdtemp's private 0700 stayed on the data set.
+    import os
+    import stat
+    monkeypatch.setattr(rr, '_demo_writers', lambda: {
+        'demo_ade': lambda root: open(os.path.join(root, 'x.txt'), 'w').close()})
+    old = os.umask(0o022)
+    try:
+        assert rr.ensure_demo_data('demo_ade', str(tmp_path / 'demo_ade'))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / 'demo_ade').st_mode) == 0o755
+    assert (tmp_path / 'demo_ade' / 'x.txt').is_file()
