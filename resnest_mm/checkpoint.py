@@ -435,6 +435,10 @@ def convert_file(src: str, dst: str, variant: str, overrides: Optional[dict] = N
         raise ValueError(f'overrides {ignored} would not be used: the conversion reads only '
                          f'src={src!r}')
     check_output_file(dst, name='dst')
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f'dst={dst!r} is the source file itself: the conversion would replace '
+                         'the original (and drop what it does not keep, e.g. the classifier); '
+                         'give another path')
     try:
         model = build_backbone(variant, **overrides)
     except TypeError as err:  # an argument the backbone does not take

@@ -206,6 +206,7 @@ def test_safe_load_refuses_arbitrary_objects(tmp_path):
     (dict(pretrained='x.pth'), 'out.pth', r"\['pretrained'\] would not be used"),
     (dict(init_cfg=None), 'out.pth', r"\['init_cfg'\] would not be used"),
     ({}, '.', 'is a folder'),
+    ({}, 'src.pth', 'is the source file itself'),  # it would have replaced the original
 ])
 def test_convert_file_refuses_overrides_and_paths_it_cannot_use(tmp_path, overrides, dst,
                                                                 message):
