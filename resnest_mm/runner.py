@@ -340,6 +340,8 @@ def shutdown_distributed() -> None:
 
 
 def _register_cpu_ddp() -> None:
+    """Register, once, what :func:`setup_cpu_distributed` names in a config: the DDP wrapper for
+    CPU modules and the hook that hands rank 0's buffers to every process before validation."""
     from mmengine.hooks import Hook
     from mmengine.model import MMDistributedDataParallel, is_model_wrapper
     from mmengine.registry import HOOKS, MODEL_WRAPPERS
