@@ -528,9 +528,16 @@ class ResNetEngine(BaseModule):
         runs spare each conv a weight copy (``.to(device)`` keeps the layout).
         """
         with torch.no_grad():
-            for m in self.modules():
-                if type(m) in _PLAIN_CONVS and m.weight.shape[2:] != (1, 1):
-                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+            for m in self._layout_convs():
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+
+    def _layout_convs(self) -> Iterator[nn.Module]:
+        """The convs whose weight may be laid out channels-last: plain convs (``nn.Conv2d`` and
+        ours) larger than 1x1, whose weight is stored (not computed by a parametrization)."""
+        for m in self.modules():
+            if (type(m) in _PLAIN_CONVS and m.weight.shape[2:] != (1, 1)
+                    and not parametrize.is_parametrized(m)):
+                yield m
 
     def _weights_to_channels_last(self, x: torch.Tensor) -> None:
         """Store the conv weights channels-last, as the convs will compute.
@@ -549,10 +556,8 @@ class ResNetEngine(BaseModule):
             return
         if self._arranged_params is None:
             spatial, other = [], []
-            for m in self.modules():
-                if (type(m) in _PLAIN_CONVS and m.weight.shape[2:] != (1, 1)
-                        and not parametrize.is_parametrized(m)):  # computed, not stored
-                    (spatial if type(m) is SpatialConv2d else other).append(m.weight)
+            for m in self._layout_convs():
+                (spatial if type(m) is SpatialConv2d else other).append(m.weight)
             self._arranged_params = spatial, other
         spatial, other = self._arranged_params
         for params in (other,) if x.is_cpu else (other, spatial):
