@@ -748,23 +748,26 @@ def _assert_same_grads(got: list[dict], want: list[dict]) -> None:
                                         (ResNeXt, dict(depth=50, groups=4, base_width=2))])
 def test_ddp_gradients_equal_the_plain_networks(tmp_path, cls, kwargs):
     # Multi-scale steps: the convs' ways (and their weights' layouts) would change between them.
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
     torch.manual_seed(0)
     steps = [torch.rand(2, 3, s, s, dtype=torch.float64) for s in (64, 32, 96)]
     plain = cls(base_channels=8, channels_last=False, **kwargs).double().train()
-    want = _grads(plain, steps)
+    fast = cls(base_channels=8, **kwargs).double().train()
+    fast.load_state_dict(plain.state_dict())
+    _assert_same_grads(_grads_under_ddp(tmp_path, fast, steps), _grads(plain, steps))
+
+
+def _grads_under_ddp(tmp_path, model, steps) -> list[dict]:
+    """:func:`_grads` of ``model`` wrapped in DDP in a one-process gloo group, by its own
+    parameter names."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
     dist.init_process_group('gloo', store=dist.FileStore(str(tmp_path / 'store'), 1), rank=0,
                             world_size=1)
     try:
-        fast = cls(base_channels=8, **kwargs).double().train()
-        fast.load_state_dict(plain.state_dict())
-        ddp = DistributedDataParallel(fast)
-        got = [{k.replace('module.', '', 1): v for k, v in g.items()}
-               for g in _grads(ddp, steps)]
+        return [{k.replace('module.', '', 1): v for k, v in g.items()}
+                for g in _grads(DistributedDataParallel(model), steps)]
     finally:
         dist.destroy_process_group()
-    _assert_same_grads(got, want)
 
 
 def _spatial_weights(model: nn.Module) -> dict:
@@ -776,27 +779,16 @@ def _spatial_weights(model: nn.Module) -> dict:
 def test_channels_last_true_builds_the_weights_channels_last_for_ddp(tmp_path, cls, kwargs):
     # Under torch.distributed a weight keeps the layout it has when DDP wraps the model, so a
     # forward pass is too late to lay it out: with channels_last=True it is built so.
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
     torch.manual_seed(0)
     steps = [torch.rand(2, 3, s, s, dtype=torch.float64) for s in (64, 32)]
     plain = cls(base_channels=8, channels_last=False, **kwargs).double().train()
-    want = _grads(plain, steps)
-    dist.init_process_group('gloo', store=dist.FileStore(str(tmp_path / 'store'), 1), rank=0,
-                            world_size=1)
-    try:
-        fast = cls(base_channels=8, channels_last=True, **kwargs).double().train()
-        fast.load_state_dict(plain.state_dict())
-        weights = _spatial_weights(fast)
-        not_cl = [n for n, p in weights.items()
-                  if not p.is_contiguous(memory_format=torch.channels_last)]
-        assert weights and not not_cl, not_cl
-        ddp = DistributedDataParallel(fast)
-        got = [{k.replace('module.', '', 1): v for k, v in g.items()}
-               for g in _grads(ddp, steps)]
-    finally:
-        dist.destroy_process_group()
-    _assert_same_grads(got, want)
+    fast = cls(base_channels=8, channels_last=True, **kwargs).double().train()
+    fast.load_state_dict(plain.state_dict())
+    weights = _spatial_weights(fast)
+    not_cl = [n for n, p in weights.items()
+              if not p.is_contiguous(memory_format=torch.channels_last)]
+    assert weights and not not_cl, not_cl
+    _assert_same_grads(_grads_under_ddp(tmp_path, fast, steps), _grads(plain, steps))
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights.values())
 
 
