@@ -1076,3 +1076,24 @@ def test_copies_of_a_trained_backbone_settle_their_own_weights():
     assert not any(layout.layouts_settled(p) for p in twin.parameters())
     twin(torch.rand(1, 3, 32, 32))[0].sum().backward()
     assert all(layout.layouts_settled(p) for p in twin.parameters())
+
+
+@pytest.mark.parametrize('upcast', [False, True])
+def test_radix_one_attention_weights_follow_the_softmaxs_precision(monkeypatch, upcast):
+    # CUDA autocast runs radix >= 2's softmax in float32 but leaves radix 1's sigmoid in
+    # float16; where the softmax would be float32 (_softmax_upcast: CUDA autocast), radix 1's
+    # weights are float32 too. The logic, on CPU with float16 autocast and the condition set.
+    monkeypatch.setattr(split_attention, '_softmax_upcast', lambda t: upcast)
+    torch.manual_seed(0)
+    layer = split_attention.SplitAttentionConv2d(in_channels=16, channels=16, radix=1).train()
+    seen = {}
+    attention = layer.attention
+    layer.attention = lambda pooled: seen.setdefault('weights', attention(pooled))
+    x = torch.rand(2, 16, 8, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.float16):
+        out = layer(x)
+    want = torch.float32 if upcast else torch.float16
+    assert seen['weights'].dtype == want
+    out.float().sum().backward()
+    assert layer.fc2.weight.grad.dtype == torch.float32
+    assert torch.isfinite(layer.fc2.weight.grad).all()

@@ -81,6 +81,12 @@ def _weighted_split_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _softmax_upcast(t: torch.Tensor) -> bool:
+    """Whether autocast would run a softmax of ``t`` in float32: CUDA autocast does (CPU
+    autocast does not)."""
+    return t.is_cuda and torch.is_autocast_enabled('cuda')
+
+
 class SplitAttentionConv2d(BaseModule):
     """A ``kernel_size`` conv with ``groups * radix`` groups followed by split attention.
 
@@ -169,7 +175,7 @@ class SplitAttentionConv2d(BaseModule):
         n, r, k = pooled.shape[0], self.radix, self.groups
         logits = self.fc2(self.relu(self.norm1(self.fc1(pooled))))
         if r == 1:
-            if logits.is_cuda and torch.is_autocast_enabled('cuda'):
+            if _softmax_upcast(logits):
                 # Float32 weights, as autocast gives the softmax of radix >= 2 (see forward);
                 # autocast leaves a sigmoid in float16.
                 logits = logits.float()
