@@ -438,6 +438,31 @@ def commands(row: RunRow, work_root: str, demo: bool, state: Optional[RowResult]
     return stages
 
 
+def requested_end(row: RunRow) -> Optional[tuple[str, int]]:
+    """``('iter', N)`` or ``('epoch', N)`` when the row's ``--cfg-options`` set where training
+    ends (the demo rows' ``--demo-iters``), else None (the config's own schedule)."""
+    for option in reversed(row.cfg_options):  # the last one given wins, as in mmengine
+        name, _, value = option.partition('=')
+        unit = {'train_cfg.max_iters': 'iter', 'train_cfg.max_epochs': 'epoch'}.get(name)
+        if unit is not None and value.strip().isdigit():
+            return unit, int(value)
+    return None
+
+
+def other_schedule(row: RunRow, state: RowResult) -> Optional[str]:
+    """For a finished row trained to another end than the row asks for now (e.g. ``--demo``
+    run again with another ``--demo-iters``), what was trained and what is asked; else None.
+    Such a row is still skipped: its folder holds a finished run."""
+    asked = requested_end(row)
+    if state.status != 'finished' or asked is None or state.progress is None:
+        return None
+    unit, _, planned = state.progress
+    if (unit, planned) == asked:
+        return None
+    return (f'trained to {unit} {planned}, not to the {asked[0]} {asked[1]} asked for now; '
+            'to run it again, remove its folder or use another --work-root')
+
+
 def shell_line(argv: Sequence[str]) -> str:
     """A command as a shell line (the ``$(cat ...)`` checkpoint placeholder left unquoted)."""
     return ' '.join(a if a.startswith('$(') else shlex.quote(a) for a in argv)
@@ -532,6 +557,8 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
         for row, state, stages in plans:
             head = f'# {row.key} ({row.method}, {row.backbone}): {state.status}'
             echo(head + ('' if stages else ', skipped'))
+            if other_schedule(row, state):
+                echo(f'#   {other_schedule(row, state)}')
             if row.derived_from:
                 echo(f'#   writes {row.config} ({row.derived_from} with backbone '
                      f'{row.backbone_cfg})')
@@ -543,7 +570,8 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
     with bar.running():
         for row, state, stages in plans:
             if not stages:
-                echo(f'{row.key}: finished, skipped')
+                note = other_schedule(row, state)
+                echo(f'{row.key}: finished, skipped' + (f' ({note})' if note else ''))
                 continue
             if row.derived_from:
                 write_derived_config(row)

@@ -426,3 +426,33 @@ def test_running_rows_outside_a_checkout_is_one_clear_error(tmp_path, monkeypatc
     assert re.search(r'lacks tools/dist_test\.sh, tools/dist_train\.sh, configs/\S+, configs/'
                      r'\S+ and \d+ more: a pip-installed resnest_mm holds the library only',
                      capsys.readouterr().err)
+
+
+def test_a_row_finished_at_another_schedule_is_skipped_with_a_note(tmp_path):
+    # A demo row finished with --demo-iters 5; the tool is now run with --demo-iters 8.
+    work_root = tmp_path / 'root'
+    work = work_root / 'demo_row'
+    run = work / '20240101_120000'
+    (run / 'vis_data').mkdir(parents=True)
+    (run / 'vis_data' / 'config.py').write_text("train_cfg = dict(max_iters=5)\n")
+    (run / 'vis_data' / 'scalars.json').write_text('{"loss": 1.0, "iter": 5, "step": 5}\n'
+                                                   '{"mIoU": 20.5, "step": 5}\n')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_5.pth'))
+    row = rp.RunRow(key='demo_row', table='ade20k', method='DeepLabV3', backbone='b',
+                    config='configs/demo/deeplabv3_resnest14_demo.py', published=None, gpus=1,
+                    cfg_options=('train_cfg.max_iters=8', 'train_cfg.val_interval=8'))
+    state = rp.collect_row(str(work), metrics=('mIoU',))
+    assert state.status == 'finished' and rp.requested_end(row) == ('iter', 8)
+    assert rp.commands(row, str(work_root), demo=True, state=state) == []
+    lines = []
+    rp.run_rows([row], str(work_root), demo=True, echo=lines.append, progress=False)
+    assert lines == ['demo_row: finished, skipped (trained to iter 5, not to the iter 8 asked '
+                     'for now; to run it again, remove its folder or use another --work-root)']
+    lines.clear()
+    rp.run_rows([row], str(work_root), demo=True, dry_run=True, echo=lines.append)
+    assert lines[1] == ('#   trained to iter 5, not to the iter 8 asked for now; to run it '
+                        'again, remove its folder or use another --work-root')
+    # The schedule it was trained to: skipped without a note.
+    same = rp.replace(row, cfg_options=('train_cfg.max_iters=5',))
+    assert rp.other_schedule(same, state) is None
+    assert rp.requested_end(rp.replace(row, cfg_options=())) is None
