@@ -13,6 +13,7 @@ from the config's ``default_scope`` (``'mmdet'`` or ``'mmseg'``); everything els
   and a missing data set is one error naming the paths and how to get the data;
 * :func:`train` / :func:`test`: run, and return the final metrics for :func:`format_metrics`.
 """
+import numbers
 import os
 import os.path as osp
 import shutil
@@ -662,6 +663,7 @@ HEADLINES = {
     'coco/segm_mAP_50': 'mask mAP@0.5',
     'coco/segm_mAP': 'mask mAP@[.5:.95]',
     'mIoU': 'mIoU (%)',
+    'mAcc': 'mean class accuracy (%)',
     'aAcc': 'pixel accuracy (%)',
 }
 
@@ -679,7 +681,9 @@ def format_metrics(metrics: Mapping, *, title: str = 'final metrics') -> str:
     rest = [k for k in metrics if k not in HEADLINES]
     for key in rest:
         value = metrics[key]
-        shown = f'{value:.4f}' if isinstance(value, float) else str(value)
+        # numpy scalars too (mmseg's are float32 or float64); integers and strings as they are.
+        real = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+        shown = f'{float(value):.4f}' if real else str(value)
         lines.append(f'  {key}: {shown}')
     return '\n'.join(lines)
 

@@ -287,3 +287,15 @@ def test_demo_data_written_by_the_tools_gets_the_usual_permissions(tmp_path, mon
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / 'demo_ade').st_mode) == 0o755
     assert (tmp_path / 'demo_ade' / 'x.txt').is_file()
+
+
+def test_metrics_print_alike_whatever_scalar_type_the_evaluator_returns():
+    import numpy as np
+    # mmseg's IoUMetric returns numpy scalars (float32 here), others Python floats.
+    text = rr.format_metrics({'aAcc': np.float32(80.5), 'mIoU': np.float64(45.85),
+                              'mAcc': np.float32(55.29), 'count': np.int64(3), 'extra': 0.5,
+                              'note': 'x'})
+    assert text.splitlines() == ['final metrics:', '  mIoU (%): 45.8500',
+                                 '  mean class accuracy (%): 55.2900',
+                                 '  pixel accuracy (%): 80.5000', '  count: 3',
+                                 '  extra: 0.5000', '  note: x']
