@@ -585,7 +585,41 @@ def _setup(cfg: Config, *, mode: str):
     if mode == 'train' and getattr(loop, 'max_iters', 1) < 1:
         raise RunSetupError(f'train_cfg={cfg.train_cfg.to_dict()!r}: nothing to train; '
                             'max_iters (or max_epochs) must be >= 1')
+    if mode == 'train':
+        check_checkpoint_hook_arguments(runner)
     return runner
+
+
+#: What mmengine's CheckpointHook passes to ``Runner.save_checkpoint`` itself.
+_SAVE_ARGS_PASSED = ('out_dir', 'filename', 'file_client_args', 'save_optimizer',
+                     'save_param_scheduler', 'meta', 'by_epoch', 'backend_args')
+
+
+def check_checkpoint_hook_arguments(runner) -> None:
+    """Refuse arguments that mmengine's ``CheckpointHook`` does not know, now rather than at
+    the first save: it keeps them (``**kwargs``) for ``runner.save_checkpoint``, which fails
+    on them then, after a whole interval of training (``max_keep_ckpt=3`` for
+    ``max_keep_ckpts``)."""
+    import difflib
+    import inspect
+    from mmengine.hooks import CheckpointHook
+    params = inspect.signature(runner.save_checkpoint).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # a runner that takes anything
+    takes = [n for n in params if n not in _SAVE_ARGS_PASSED]
+    known = [n for n in inspect.signature(CheckpointHook.__init__).parameters
+             if n not in ('self', 'kwargs')]
+    for hook in runner.hooks:
+        extra = sorted(getattr(hook, 'args', None) or {}) if isinstance(hook, CheckpointHook) \
+            else []
+        bad = [k for k in extra if k not in takes]
+        if bad:
+            close = {k: difflib.get_close_matches(k, known + takes, n=1) for k in bad}
+            hints = ''.join(f' (did you mean {c[0]!r} for {k!r}?)' for k, c in close.items() if c)
+            raise RunSetupError(
+                f'{type(hook).__name__}: {bad} are not arguments of it{hints}; it takes '
+                f'{known}, and passes others to Runner.save_checkpoint, which would fail on '
+                'them at the first save')
 
 
 def _checkpoint_to_load(cfg: Config, runner) -> Optional[str]:
