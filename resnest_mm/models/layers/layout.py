@@ -145,20 +145,20 @@ def settle_if_recorded(param: torch.Tensor) -> None:
 
 
 def state_layouts_follow_parameters(optimizer: torch.optim.Optimizer, *_) -> None:
-    """Before a fused optimiser's step: lay out each state tensor (momentum, Adam's moments)
-    of a parameter's shape as that parameter is laid out.
+    """Before an optimiser's step: lay out each state tensor (momentum, Adam's moments) of a
+    parameter's shape as that parameter is laid out.
 
-    PyTorch's fused optimisers walk parameter, gradient and state by raw offset, whatever their
-    strides. A state restored by ``load_state_dict`` keeps the layout it was saved with, which
-    can differ from the resumed parameters' (a run saved outside ``torch.distributed`` and
-    resumed under it, where the weights keep the layout they were built with; or resumed at
-    another first input size): the update then went to the wrong elements (relative parameter
-    errors of 0.2-0.4 after one step). The for-loop and foreach optimisers follow any layout and
-    are left alone. Registered for every optimiser when this module is imported; a state that
-    already matches is not copied."""
+    A state restored by ``load_state_dict`` keeps the layout it was saved with, which can differ
+    from the resumed parameters' (a run saved outside ``torch.distributed`` and resumed under
+    it, where the weights keep the layout they were built with; or resumed at another first
+    input size). PyTorch's fused optimisers walk parameter, gradient and state by raw offset,
+    whatever their strides: the update then went to the wrong elements (relative parameter
+    errors of 0.2-0.4 after one step). The for-loop and foreach optimisers update right on any
+    strides, but slower on mixed ones, for the rest of the run: a ResNeSt-50 SGD step (momentum,
+    for-loop, one thread) took 27 ms instead of 17 with its 3x3 weights' states in the other
+    layout. Registered for every
+    optimiser when this module is imported; a state that already matches is not copied."""
     for group in optimizer.param_groups:
-        if not group.get('fused'):
-            continue
         for p in group['params']:
             state = optimizer.state.get(p)
             if not state:
