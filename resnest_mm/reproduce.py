@@ -557,8 +557,9 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
         for row, state, stages in plans:
             head = f'# {row.key} ({row.method}, {row.backbone}): {state.status}'
             echo(head + ('' if stages else ', skipped'))
-            if other_schedule(row, state):
-                echo(f'#   {other_schedule(row, state)}')
+            note = other_schedule(row, state)
+            if note:
+                echo(f'#   {note}')
             if row.derived_from:
                 echo(f'#   writes {row.config} ({row.derived_from} with backbone '
                      f'{row.backbone_cfg})')
