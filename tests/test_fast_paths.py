@@ -259,11 +259,11 @@ def test_split_attention_pooling_gradient_is_not_materialised():
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_bfloat16_split_attention_pools_with_one_rounding(monkeypatch):
-    """Under CPU bfloat16 autocast the attention's input is the pooled sum of the splits rounded
-    once, as the reference (MMDetection's, the official network) pools it: a bfloat16 sum of each
-    split, scaled and added, rounded three times, which gave fc1's and its norm's gradients
-    1.4x-1.7x the reference's error. The pooling's gradient stays a broadcast view."""
+def test_bfloat16_split_attention_rounds_only_each_splits_sum_and_the_result():
+    """Under CPU bfloat16 autocast the pooling sums each split over the map (rounded once, as
+    any bfloat16 sum is), then scales and adds the splits in float32 and rounds the result
+    once. Scaled and added in bfloat16 it rounded twice more than the reference's pooling,
+    which gave fc1's and its norm's gradients 1.4x-1.7x the reference's error."""
     torch.manual_seed(0)
     layer = split_attention.SplitAttentionConv2d(in_channels=64, channels=64, radix=2).train()
     x = channels_last(4, 64, 28, 28).requires_grad_()
@@ -272,16 +272,13 @@ def test_bfloat16_split_attention_pools_with_one_rounding(monkeypatch):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = layer(x)
         maps = layer.relu(layer.norm0(layer.conv(x))).detach()  # the same statistics
-    ref = maps.double().view(4, 2, 64, 28, 28).sum(1).mean((2, 3), keepdim=True)
+    split_sums = maps.double().sum((2, 3), keepdim=True).to(torch.bfloat16).double()
+    expected = (split_sums.view(4, 2, 64, 1, 1).sum(1) / (28 * 28)).to(torch.bfloat16)
     assert seen['pooled'].dtype == torch.bfloat16
-    exact = (seen['pooled'].double() == ref.to(torch.bfloat16).double()).float().mean()
-    assert exact > 0.99, exact  # three roundings: 0.66 of the entries
-    grads, function = [], split_attention._SumPositionsToFloat32
-    backward = function.backward
-    monkeypatch.setattr(function, 'backward', staticmethod(
-        lambda ctx, g: grads.append(backward(ctx, g)) or grads[-1]))
+    exact = (seen['pooled'] == expected).float().mean()
+    assert exact > 0.99, exact  # scaled and added in bfloat16: 0.79 of the entries
     out.float().sum().backward()
-    assert grads and grads[0].dtype == torch.bfloat16 and grads[0].stride()[2:] == (0, 0)
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize('device', [

@@ -81,33 +81,6 @@ def _weighted_split_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _SumPositionsToFloat32(torch.autograd.Function):
-    """``x.sum((2, 3), keepdim=True)`` accumulated and returned in float32, whose gradient is a
-    broadcast view in ``x``'s dtype (the plain ``sum(..., dtype=torch.float32)`` casts the
-    broadcast gradient back into a whole map)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.shape, ctx.dtype = x.shape, x.dtype
-        return x.sum((2, 3), keepdim=True, dtype=torch.float32)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.to(ctx.dtype).expand(ctx.shape)
-
-
-def _sum_positions(x: torch.Tensor) -> torch.Tensor:
-    """The sum over the positions of each channel, ``(N, C, 1, 1)``; of a bfloat16 map in
-    float32: a bfloat16 sum of each split, scaled and added up, rounds three times where the
-    reference rounds once, which gave fc1's and its norm's gradients 1.4x-1.7x the
-    reference's error under CPU autocast (train mode, 8x128x28x28 maps)."""
-    if x.dtype != torch.bfloat16:
-        return x.sum((2, 3), keepdim=True)
-    if torch.is_grad_enabled() and x.requires_grad and not graph_capture():
-        return _SumPositionsToFloat32.apply(x)
-    return x.sum((2, 3), keepdim=True, dtype=torch.float32)
-
-
 def _softmax_upcast(t: torch.Tensor) -> bool:
     """Whether autocast would run a softmax of ``t`` in float32: CUDA autocast does (CPU
     autocast does not)."""
@@ -217,12 +190,19 @@ class SplitAttentionConv2d(BaseModule):
         n, r, c = x.shape[0], self.radix, self.channels
         # Pool first, then sum the splits: mean(sum) == sum(mean), and one pass reads x once.
         if x.is_cpu and x.dtype != torch.float16:
-            pooled = _sum_positions(x) * (1.0 / (x.shape[2] * x.shape[3]))
+            pooled = x.sum((2, 3), keepdim=True)
+            if pooled.dtype == torch.bfloat16:
+                # Scaled and summed over the splits in float32, rounded once at the end: in
+                # bfloat16 those two steps rounded twice more than the reference's pooling,
+                # which gave fc1's and its norm's gradients 1.4x-1.7x its error. (Summing the
+                # map itself in float32 would close the rest of the gap, but converts the
+                # whole map first: 10x slower on detection-size maps.)
+                pooled = pooled.float()
+            pooled = pooled * (1.0 / (x.shape[2] * x.shape[3]))
         else:
             # A float16 sum over a detection-size map overflows (65504); elsewhere one kernel
             # less (the sum's lighter backward is a CPU concern, see the module docstring).
             pooled = x.mean((2, 3), keepdim=True)
-        # Rounded once, as the reference's pooling of the summed splits is (bfloat16).
         pooled = pooled.view(n, r, c, 1, 1).sum(1).to(x.dtype)
         # Under CUDA autocast the softmax returns float32 weights, kept so (as the reference
         # implementations do): the weighted sum is then float32 and so is the weights' gradient,
