@@ -1129,3 +1129,32 @@ def test_radix_one_attention_weights_follow_the_softmaxs_precision(monkeypatch, 
     out.float().sum().backward()
     assert layer.fc2.weight.grad.dtype == torch.float32
     assert torch.isfinite(layer.fc2.weight.grad).all()
+
+
+def test_optimizer_state_hook_leaves_other_optimizers_and_devices_alone():
+    """The hook re-lays out the state of PyTorch's own optimisers only: another may keep its
+    state as views into one buffer, which a copy would cut off; and a state on another device
+    than its parameter (offloaded) stays there."""
+    w = nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+
+    class FlatMomentum(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+            self.flat = torch.zeros(w.numel())
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for p in self.param_groups[0]['params']:
+                self.state[p].setdefault('buf', self.flat.view(p.shape))  # NCHW view
+                self.flat.add_(p.grad.flatten())
+
+    opt = FlatMomentum([w])
+    for _ in range(2):
+        w.grad = torch.ones_like(w)
+        opt.step()
+    assert opt.state[w]['buf'].data_ptr() == opt.flat.data_ptr()
+    assert float(opt.state[w]['buf'].sum()) == 2 * w.numel()
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    sgd.state[w]['momentum_buffer'] = torch.zeros(w.shape, device='meta')
+    layout.state_layouts_follow_parameters(sgd)
+    assert sgd.state[w]['momentum_buffer'].device.type == 'meta'

@@ -156,8 +156,15 @@ def state_layouts_follow_parameters(optimizer: torch.optim.Optimizer, *_) -> Non
     errors of 0.2-0.4 after one step). The for-loop and foreach optimisers update right on any
     strides, but slower on mixed ones, for the rest of the run: a ResNeSt-50 SGD step (momentum,
     for-loop, one thread) took 27 ms instead of 17 with its 3x3 weights' states in the other
-    layout. Registered for every optimiser when this module is imported; a state that already
-    matches is not copied."""
+    layout. Registered for every optimiser when this module is imported; it re-lays out the
+    state of fused optimisers and of PyTorch's own (``torch.optim``) for-loop and foreach ones,
+    not of other optimisers, and not a state kept on another device than its parameter; a
+    state that already matches is not copied."""
+    fused = any(group.get('fused') for group in optimizer.param_groups)
+    if not fused and not type(optimizer).__module__.startswith('torch.optim'):
+        # Others may hold their state as they need it (views into a flat buffer, say): a
+        # for-loop or foreach step only runs slower on mixed strides, never wrongly.
+        return
     states = optimizer.state
     for group in optimizer.param_groups:
         for p in group['params']:
@@ -168,7 +175,8 @@ def state_layouts_follow_parameters(optimizer: torch.optim.Optimizer, *_) -> Non
             state, strides = states[p], p.stride()
             for key, value in state.items():
                 if (isinstance(value, torch.Tensor) and value.dim() == 4
-                        and value.stride() != strides and value.shape == p.shape):
+                        and value.stride() != strides and value.shape == p.shape
+                        and value.device == p.device):  # offloaded state stays where it is
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
