@@ -610,16 +610,17 @@ def check_checkpoint_hook_arguments(runner) -> None:
     known = [n for n in inspect.signature(CheckpointHook.__init__).parameters
              if n not in ('self', 'kwargs')]
     for hook in runner.hooks:
-        extra = sorted(getattr(hook, 'args', None) or {}) if isinstance(hook, CheckpointHook) \
-            else []
+        # mmengine's own hook only: a subclass may give ``args`` or extra arguments a meaning.
+        args = getattr(hook, 'args', None)
+        extra = sorted(args) if type(hook) is CheckpointHook and isinstance(args, dict) else []
         bad = [k for k in extra if k not in takes]
         if bad:
             close = {k: difflib.get_close_matches(k, known + takes, n=1) for k in bad}
             hints = ''.join(f' (did you mean {c[0]!r} for {k!r}?)' for k, c in close.items() if c)
             raise RunSetupError(
-                f'{type(hook).__name__}: {bad} are not arguments of it{hints}; it takes '
-                f'{known}, and passes others to Runner.save_checkpoint, which would fail on '
-                'them at the first save')
+                f'{type(hook).__name__}: unknown argument {", ".join(map(repr, bad))}{hints}; '
+                f'it takes {known}, and passes others to Runner.save_checkpoint, which would '
+                'fail on them at the first save')
 
 
 def _checkpoint_to_load(cfg: Config, runner) -> Optional[str]:

@@ -293,9 +293,9 @@ def test_metrics_print_alike_whatever_scalar_type_the_evaluator_returns():
     import numpy as np
     # mmseg's IoUMetric returns numpy scalars (float32 here), others Python floats.
     text = rr.format_metrics({'aAcc': np.float32(80.5), 'mIoU': np.float64(45.85),
-                              'mAcc': np.float32(55.29), 'count': np.int64(3), 'extra': 0.5,
-                              'note': 'x'})
+                              'mAcc': np.float32(55.29), 'mDice': np.float32(60.5),
+                              'count': np.int64(3), 'extra': 0.5, 'note': 'x'})
     assert text.splitlines() == ['final metrics:', '  mIoU (%): 45.8500',
                                  '  mean class accuracy (%): 55.2900',
-                                 '  pixel accuracy (%): 80.5000', '  count: 3',
-                                 '  extra: 0.5000', '  note: x']
+                                 '  pixel accuracy (%): 80.5000', '  mDice: 60.5000',
+                                 '  count: 3', '  extra: 0.5000', '  note: x']
