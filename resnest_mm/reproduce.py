@@ -441,11 +441,16 @@ def commands(row: RunRow, work_root: str, demo: bool, state: Optional[RowResult]
 def requested_end(row: RunRow) -> Optional[tuple[str, int]]:
     """``('iter', N)`` or ``('epoch', N)`` when the row's ``--cfg-options`` set where training
     ends (the demo rows' ``--demo-iters``), else None (the config's own schedule)."""
-    for option in reversed(row.cfg_options):  # the last one given wins, as in mmengine
+    given = {}
+    for option in row.cfg_options:  # the last one given wins, as in mmengine
         name, _, value = option.partition('=')
         unit = {'train_cfg.max_iters': 'iter', 'train_cfg.max_epochs': 'epoch'}.get(name)
         if unit is not None and value.strip().isdigit():
-            return unit, int(value)
+            given[unit] = int(value)
+    # max_iters first, as the run's own config is read (planned_end).
+    for unit in ('iter', 'epoch'):
+        if unit in given:
+            return unit, given[unit]
     return None
 
 
