@@ -386,9 +386,15 @@ def collect_row(work_dir: str, key: Optional[str] = None,
     return result
 
 
+def row_work_dir(row: RunRow, work_root: str) -> str:
+    """The row's work dir, absolute: the stages run in the repository root, and their
+    ``--work-dir`` must be the folder this process reads the row's state from."""
+    return os.path.join(os.path.abspath(work_root), row.key)
+
+
 def _row_state(row: RunRow, work_root: str) -> RowResult:
     """A row's state from its work dir under ``work_root``, judged by its table's metrics."""
-    return collect_row(os.path.join(work_root, row.key), row.key, TABLES[row.table][1])
+    return collect_row(row_work_dir(row, work_root), row.key, TABLES[row.table][1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,7 +416,7 @@ def commands(row: RunRow, work_root: str, demo: bool, state: Optional[RowResult]
     CONFIG CHECKPOINT GPUS --work-dir DIR``; the demo runs ``tools/train.py``/``tools/test.py`` in
     one CPU process. A row whose training stopped part way resumes (``--resume``).
     """
-    work_dir = os.path.join(os.path.abspath(work_root), row.key)
+    work_dir = row_work_dir(row, work_root)
     state = state or _row_state(row, work_root)
     if state.status == 'finished':
         return []
@@ -511,7 +517,7 @@ def run_stage(row: RunRow, stage: str, argv: list[str], work_root: str) -> int:
     """Run one stage, its output into ``<work dir>/reproduce_<stage>.log``, its exit status
     into the status file (a stage that dies with this process stays ``returncode: null``; a
     test stage with no checkpoint to test is recorded as failed with :data:`NO_CHECKPOINT`)."""
-    work_dir = os.path.join(os.path.abspath(work_root), row.key)
+    work_dir = row_work_dir(row, work_root)
     os.makedirs(work_dir, exist_ok=True)
     log = os.path.join(work_dir, f'reproduce_{stage}.log')
     missing = None
@@ -581,18 +587,17 @@ def run_rows(rows: Sequence[RunRow], work_root: str, demo: bool, dry_run: bool =
                 continue
             if row.derived_from:
                 write_derived_config(row)
+            work_dir = row_work_dir(row, work_root)
             for stage, argv in stages:
                 # Logged before the stage, so that logs without a live bar (nohup, Slurm) show
                 # what runs now and where its output goes.
-                echo(f'{row.key}: {stage} started (log: '
-                     f'{os.path.join(work_root, row.key)}/reproduce_{stage}.log)')
+                echo(f'{row.key}: {stage} started (log: {work_dir}/reproduce_{stage}.log)')
                 bar.step(f'{row.key}: {stage}', 0)
                 rc = run_stage(row, stage, argv, work_root)
                 bar.step(f'{row.key}: {stage}')
                 echo(f'{row.key}: {stage} ' + ('done' if rc == 0 else
                                                f'FAILED (exit {rc}, see '
-                                               f'{os.path.join(work_root, row.key)}/'
-                                               f'reproduce_{stage}.log)'))
+                                               f'{work_dir}/reproduce_{stage}.log)'))
                 if rc != 0:
                     # The row's later stages will not run: count them as done.
                     bar.step(f'{row.key}: {stage} failed',
