@@ -8,8 +8,10 @@ import sys
 import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What a release is cut from: setup.py, the files MANIFEST.in names, and the package.
-SOURCES = ('setup.py', 'MANIFEST.in', 'README.md', 'LICENSE', 'requirements', 'resnest_mm')
+# What a release is cut from: setup.py, the files MANIFEST.in names, the package, and the tests
+# (which setuptools would pick up by name unless MANIFEST.in prunes them).
+SOURCES = ('setup.py', 'MANIFEST.in', 'README.md', 'LICENSE', 'requirements', 'resnest_mm',
+           'tests')
 
 
 def _run(args, cwd, **env):
@@ -36,6 +38,8 @@ def test_the_sdist_installs_and_its_copy_runs_outside_the_repository(tmp_path):
         names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
     assert {'LICENSE', 'README.md', 'requirements/runtime.txt', 'requirements/mminstall.txt',
             'requirements/tests.txt', 'requirements/build.txt'} <= names
+    # Not a partial test suite (test files without their conftest and fixtures cannot run).
+    assert not [n for n in names if n.startswith('tests/')]
 
     site = tmp_path / 'site'
     _run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
