@@ -947,11 +947,11 @@ def chart_formats() -> list[str]:
 
 def save_chart(result: BenchmarkResult, path: str) -> None:
     """Throughput against parameters, one panel per mode, one marker per implementation."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: the caller's matplotlib backend stays as it is.
+    from matplotlib.figure import Figure
     modes = result.settings.modes
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * len(modes), 4.5))
+    axes = fig.subplots(1, len(modes), squeeze=False)
     markers = dict(ours='o', mmdet='s', official='^')
     for ax, mode in zip(axes[0], modes):
         for source in SOURCES:
@@ -974,4 +974,3 @@ def save_chart(result: BenchmarkResult, path: str) -> None:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -698,12 +698,12 @@ def save_chart(rows: Sequence[RunRow], results: dict[str, RowResult], path: str,
                demo: bool = False) -> None:
     """One panel per table and metric: the published and the reproduced value of each row, the
     difference above the bar, the row's state where it has no result."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: the caller's matplotlib backend stays as it is.
+    from matplotlib.figure import Figure
     short = {'bbox_mAP': 'box AP', 'segm_mAP': 'mask AP', 'mIoU': 'mIoU'}
     panels = [(t, m) for t in TABLES if any(r.table == t for r in rows) for m in TABLES[t][1]]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    fig = Figure(figsize=(11, 3.6 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)
     for ax, (table, metric) in zip(axes[:, 0], panels):
         trs = [r for r in rows if r.table == table]
         pub = [r.published.values.get(metric) if r.published else None for r in trs]
@@ -732,7 +732,6 @@ def save_chart(rows: Sequence[RunRow], results: dict[str, RowResult], path: str,
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_outputs(rows: Sequence[RunRow], results: dict[str, RowResult], out_dir: str,

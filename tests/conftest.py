@@ -37,3 +37,14 @@ def assert_same_architecture(backbone: torch.nn.Module, variant: str) -> None:
     assert got.keys() == want.keys(), sorted(set(got) ^ set(want))[:5]
     wrong = {k: (got[k], want[k]) for k in got if got[k] != want[k]}
     assert not wrong, list(wrong.items())[:5]
+
+
+@pytest.fixture
+def svg_backend():
+    """matplotlib set to the 'svg' backend for the test (restored afterwards): charts must be
+    drawn without switching the caller's backend."""
+    import matplotlib
+    before = matplotlib.get_backend()
+    matplotlib.use('svg')
+    yield 'svg'
+    matplotlib.use(before)

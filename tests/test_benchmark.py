@@ -297,7 +297,8 @@ def test_check_output_file(tmp_path):
         check_output_file(str(tmp_path / 'a.txt'), name='out', extensions=['png', 'svg'])
 
 
-def test_cli_writes_markdown_json_and_png(tmp_path, capsys):
+def test_cli_writes_markdown_json_and_png(tmp_path, capsys, svg_backend):
+    import matplotlib
     cli = _cli()
     out_json, out_png = tmp_path / 'b.json', tmp_path / 'b.png'
     cli.main(['resnet18', '--fast', '--size', '32', '--peers', 'mmdet', '--threads', '1',
@@ -309,6 +310,7 @@ def test_cli_writes_markdown_json_and_png(tmp_path, capsys):
     assert data['settings']['batch'] == 2 and data['settings']['iters'] == 3
     assert len(data['measurements']) == 2 and len(data['peer_ratios']) == 1
     assert out_png.read_bytes()[:4] == b'\x89PNG'
+    assert matplotlib.get_backend() == svg_backend  # the caller's backend is left alone
 
 
 def test_amp_and_channels_last_on_cpu(monkeypatch):

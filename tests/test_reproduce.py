@@ -292,7 +292,8 @@ def test_run_stage_records_exit_status(tmp_path):
     assert [s['returncode'] for s in status['stages']] == [3, 0]
 
 
-def test_collect_only_writes_markdown_json_and_chart(tmp_path, capsys):
+def test_collect_only_writes_markdown_json_and_chart(tmp_path, capsys, svg_backend):
+    import matplotlib
     runs = tmp_path / 'runs'
     shutil.copytree(RUNS, runs)
     _cli().main(['--collect-only', '--work-root', str(runs), '--out', str(tmp_path / 'out'),
@@ -303,6 +304,7 @@ def test_collect_only_writes_markdown_json_and_chart(tmp_path, capsys):
     assert {d['result']['status'] for d in data} == {'finished', 'unfinished', 'failed',
                                                      'not run'}
     assert (tmp_path / 'out' / 'results.png').read_bytes()[:4] == b'\x89PNG'
+    assert matplotlib.get_backend() == svg_backend  # the caller's backend is left alone
     assert (tmp_path / 'out' / 'results.md').read_text().startswith('### COCO object')
 
 
