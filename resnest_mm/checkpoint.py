@@ -101,8 +101,10 @@ def safe_torch_load(path: str, map_location: Any = 'cpu') -> Any:
         except pickle.UnpicklingError as err:
             raise pickle.UnpicklingError(
                 f'{path}: the checkpoint holds objects that are not safe to unpickle, so it was '
-                f'not loaded. If you trust the file, convert it once with '
-                f'tools/convert_weights.py --trust. Details: {err}') from err
+                f'not loaded. If you trust the file, convert it once: '
+                f'resnest_mm.checkpoint.convert_file(src, dst, variant, trust=True), or '
+                f'tools/convert_weights.py --trust in a clone of the repository. '
+                f'Details: {err}') from err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ COCO_HELP = (
     'data/coco/annotations/instances_train2017.json, data/coco/train2017/ and data/coco/val2017/ '
     'exist (MMDetection\'s layout), or point the config elsewhere with --cfg-options '
     'train_dataloader.dataset.data_root=... (and the same for val/test and the evaluator\'s '
-    'ann_file). To try the pipeline without it: python tools/train.py '
-    'configs/demo/faster_rcnn_resnest14_demo.py (it writes the synthetic data/demo_coco first).')
+    'ann_file). To try the pipeline without it, in a clone of the resnest_mm repository: python '
+    'tools/train.py configs/demo/faster_rcnn_resnest14_demo.py (it writes the synthetic '
+    'data/demo_coco first; resnest_mm.demo_data.make_demo_coco(root) writes it from Python).')
 
 #: Most problems listed in one message.
 _SHOWN = 5

@@ -70,8 +70,9 @@ def toolbox_of(cfg: Mapping) -> str:
     scope = cfg.get('default_scope')
     if scope not in TOOLBOXES:
         raise ValueError(f'default_scope={scope!r} in the config is not supported; the tools run '
-                         f'configs whose default_scope is one of {sorted(TOOLBOXES)} (inherit '
-                         'configs/_base_/default_runtime.py or an mmdet::/mmseg:: config)')
+                         f'configs whose default_scope is one of {sorted(TOOLBOXES)} (inherit an '
+                         "mmdet::/mmseg:: config, or the resnest_mm repository's "
+                         'configs/_base_/default_runtime.py)')
     return scope
 
 
@@ -495,7 +496,8 @@ def check_pretrained_files(cfg: Mapping) -> None:
         if isinstance(path, str) and '://' not in path and not osp.isfile(path):
             raise FileNotFoundError(
                 f'{key}={path!r} does not exist. Download the ImageNet weights it names (where '
-                'to get each file: configs/README.md, "ImageNet checkpoints") to that path, or '
+                'to get each file: configs/README.md of the resnest_mm repository, "ImageNet '
+                'checkpoints") to that path, or '
                 f'give their path with --cfg-options {key}=PATH, or train from random weights '
                 f'with --cfg-options {key.rsplit(".", 1)[0]}=None')
 

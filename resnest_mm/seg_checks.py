@@ -17,9 +17,10 @@ ADE20K_HELP = (
     '(http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip) and unzip it into '
     'data/ade/ so that data/ade/ADEChallengeData2016/images/training exists (MMSegmentation\'s '
     'layout), or point the config elsewhere with --cfg-options train_dataloader.dataset.'
-    'data_root=... (and the same for val/test). To try the pipeline without it: '
-    'python tools/train.py configs/demo/deeplabv3_resnest14-d8_demo-ade.py (it writes the '
-    'synthetic data/demo_ade first; tools/make_demo_data.py --kind ade writes it on its own).')
+    'data_root=... (and the same for val/test). To try the pipeline without it, in a clone of '
+    'the resnest_mm repository: python tools/train.py '
+    'configs/demo/deeplabv3_resnest14-d8_demo-ade.py (it writes the synthetic data/demo_ade '
+    'first; resnest_mm.demo_data.make_demo_ade(root) writes it from Python).')
 
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 

@@ -229,6 +229,8 @@ def test_missing_ade20k_names_the_path_and_how_to_get_it(tmp_path):
     assert osp.join(missing, 'images/training') in text
     assert osp.join(missing, 'annotations/validation') in text
     assert 'ADEChallengeData2016.zip' in text and 'demo' in text
+    # Also for an installed copy, which has no tools/ or configs/.
+    assert 'in a clone of the resnest_mm repository' in text and 'make_demo_ade(root)' in text
     with pytest.raises(FileNotFoundError, match='images/training'):
         DATASETS.build(dataset_cfg(cfg, missing))
     # A present data set passes.
