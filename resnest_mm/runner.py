@@ -52,9 +52,30 @@ class RunSetupError(ValueError):
     """The run cannot be set up from the config: a component refuses its arguments."""
 
 
+class LaunchError(RunSetupError):
+    """The process was not started the way its launcher needs (see
+    :func:`check_launch_environment`)."""
+
+
+#: What each multi-process launcher puts in the environment and mmengine reads while the runner
+#: is built; the first is the process's rank, there before mmengine sets ``RANK``.
+LAUNCH_VARIABLES = {
+    'pytorch': ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'),
+    'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
+    'mpi': ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_LOCAL_RANK',
+            'MASTER_ADDR'),
+}
+#: What sets those variables.
+LAUNCHED_BY = {
+    'pytorch': 'torchrun (tools/dist_train.sh, tools/dist_test.sh)',
+    'slurm': 'srun (tools/slurm_train.sh, tools/slurm_test.sh)',
+    'mpi': "Open MPI's mpirun (MASTER_ADDR: set it yourself, as for mmengine)",
+}
+
+
 #: Errors in the user's config, data or checkpoints found after the config was read, while the
-#: runner is built or reads its data (a data set's missing files included); the tools report them as one message
-#: (:func:`run_error_message`), exit status 2.
+#: runner is built or reads its data (a data set's missing files included); the tools report
+#: them as one message (:func:`run_error_message`), exit status 2.
 RUN_ERRORS = (AnnotationError, LabelMapError, CheckpointMismatchError, RunSetupError,
               FileNotFoundError)
 
@@ -292,6 +313,43 @@ def adapt_sync_bn(cfg: Config, *, launcher: Optional[str] = None,
     return count
 
 
+def check_launch_environment(launcher: str) -> None:
+    """Fail before any work when the process was not started as ``launcher`` needs: mmengine
+    would stop later, with a bare ``KeyError: 'SLURM_PROCID'`` while building the runner.
+
+    Raises:
+        LaunchError: ``'slurm'`` or ``'mpi'`` without CUDA (only torchrun's ``'pytorch'`` runs
+            on CPUs), or a variable the launcher sets is missing or not a number where it must
+            be one.
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'launcher={launcher!r} is not one of {LAUNCHERS}')
+    if launcher == 'none':
+        return
+    if launcher != 'pytorch' and not torch.cuda.is_available():
+        raise LaunchError(f"--launcher {launcher} on a machine without CUDA: only 'pytorch' "
+                          '(torchrun, tools/dist_train.sh) runs on CPUs, or --launcher none '
+                          'for one process')
+    missing = [name for name in LAUNCH_VARIABLES[launcher] if not os.environ.get(name)]
+    if missing:
+        raise LaunchError(f'--launcher {launcher}: the environment lacks {missing}, which '
+                          f'{LAUNCHED_BY[launcher]} sets; start the run that way, or use '
+                          '--launcher none for one process')
+    rank = LAUNCH_VARIABLES[launcher][0]
+    if not os.environ[rank].isdigit():
+        raise LaunchError(f'--launcher {launcher}: {rank}={os.environ[rank]!r} is not a '
+                          'process rank (expected an integer >= 0)')
+
+
+def launch_rank(launcher: str) -> int:
+    """This process's rank under ``launcher`` (0 for ``'none'``), read from what the launcher
+    set, so it is known before mmengine sets ``RANK`` for Slurm and MPI."""
+    if launcher not in LAUNCH_VARIABLES:
+        return 0
+    value = os.environ.get(LAUNCH_VARIABLES[launcher][0], '0')
+    return int(value) if value.isdigit() else 0
+
+
 def setup_cpu_distributed(cfg: Config) -> None:
     """Prepare a ``pytorch``-launched run on CPUs: gloo process group, DDP without device ids,
     and validation with rank 0's norm statistics (``BuffersFromRankZeroHook``).
@@ -402,24 +460,35 @@ def demo_roots(cfg: Mapping, *, dataloaders: Sequence[str]) -> list[tuple[str, s
     return found
 
 
-def ensure_demo_data(kind: str, root: str, *, timeout_s: float = 600) -> bool:
+def ensure_demo_data(kind: str, root: str, *, rank: Optional[int] = None,
+                     timeout_s: float = 600) -> bool:
     """Write a demo data set to ``root`` if it does not exist yet.
 
     The data is written to a temporary sibling folder and renamed, so an interrupted run leaves
     nothing half-written. Under a multi-process launcher only rank 0 writes; the others wait.
+
+    Args:
+        kind: ``'demo_coco'`` or ``'demo_ade'``.
+        root: The data set's folder.
+        rank: This process's rank (:func:`launch_rank`); default: the ``RANK`` variable, which
+            only torchrun sets this early.
+        timeout_s: How long another rank waits for rank 0's data.
 
     Returns:
         True when the data was written by this call.
     """
     if osp.isdir(root):
         return False
-    if int(os.environ.get('RANK', '0')) != 0:
+    rank = int(os.environ.get('RANK', '0')) if rank is None else rank
+    if rank != 0:
         deadline = time.monotonic() + timeout_s
         while not osp.isdir(root):
             if time.monotonic() > deadline:
-                raise TimeoutError(f'rank {os.environ["RANK"]}: {root!r} did not appear in '
-                                   f'{timeout_s:.0f} s (rank 0 writes it)')
-            time.sleep(1)
+                raise TimeoutError(f'rank {rank}: {root!r} did not appear in {timeout_s:.0f} s '
+                                   '(rank 0 writes it; on several nodes it must be a folder '
+                                   'they share, or write it first with '
+                                   'tools/make_demo_data.py)')
+            time.sleep(0.2)
         return False
     writer = _demo_writers()[kind]
     parent = osp.dirname(osp.abspath(root))
@@ -458,7 +527,7 @@ def prepare_data(cfg: Config, *, mode: str) -> None:
     else:
         loaders = ['test_dataloader']
     for kind, root in demo_roots(cfg, dataloaders=loaders):
-        ensure_demo_data(kind, root)
+        ensure_demo_data(kind, root, rank=launch_rank(cfg.get('launcher', 'none')))
     if toolbox_of(cfg) == 'mmdet':
         from .det_checks import check_det_data
         check_det_data(cfg, dataloaders=loaders)
@@ -576,6 +645,7 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
 def _setup(cfg: Config, *, mode: str):
     """The runner with its train or test loop built (data sets and evaluators included), so that
     a component refusing its arguments fails before any work, as :class:`RunSetupError`."""
+    check_launch_environment(cfg.get('launcher', 'none'))
     try:
         runner = build_runner(cfg)
         loop = runner.train_loop if mode == 'train' else runner.test_loop  # built here

@@ -299,3 +299,78 @@ def test_metrics_print_alike_whatever_scalar_type_the_evaluator_returns():
                                  '  mean class accuracy (%): 55.2900',
                                  '  pixel accuracy (%): 80.5000', '  mDice: 60.5000',
                                  '  count: 3', '  extra: 0.5000', '  note: x']
+
+
+LAUNCH_VARS = [v for names in rr.LAUNCH_VARIABLES.values() for v in names]
+
+
+@pytest.mark.parametrize('launcher,cuda,env,message', [
+    ('slurm', False, {}, "--launcher slurm on a machine without CUDA: only 'pytorch'"),
+    ('mpi', False, {}, "--launcher mpi on a machine without CUDA"),
+    ('slurm', True, {}, r"--launcher slurm: the environment lacks \['SLURM_PROCID', "
+                        r"'SLURM_NTASKS', 'SLURM_NODELIST'\], which srun"),
+    ('mpi', True, {'OMPI_COMM_WORLD_RANK': '0', 'OMPI_COMM_WORLD_SIZE': '2',
+                   'OMPI_COMM_WORLD_LOCAL_RANK': '0'}, r"lacks \['MASTER_ADDR'\]"),
+    ('pytorch', False, {'LOCAL_RANK': '0'},
+     r"--launcher pytorch: the environment lacks \['RANK', 'WORLD_SIZE', 'MASTER_ADDR', "
+     r"'MASTER_PORT'\], which torchrun"),
+    ('pytorch', False, {'RANK': 'one', 'WORLD_SIZE': '2', 'LOCAL_RANK': '0',
+                        'MASTER_ADDR': 'h', 'MASTER_PORT': '1'}, "RANK='one' is not a process"),
+])
+def test_a_process_not_started_by_its_launcher_is_named_before_any_work(
+        monkeypatch, launcher, cuda, env, message):
+    # mmengine failed while building the runner, reported as a config error: "the train run
+    # cannot be set up from the config: KeyError: 'SLURM_PROCID'".
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(rr.LaunchError, match=message):
+        rr.check_launch_environment(launcher)
+    cfg = rr.load_config(CONFIG, launcher=launcher)
+    with pytest.raises(rr.LaunchError, match=message):
+        rr.train(cfg)  # the library path checks too, before the runner is built
+
+
+def test_a_process_started_by_its_launcher_passes_and_knows_its_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    rr.check_launch_environment('none')
+    assert rr.launch_rank('none') == 0
+    monkeypatch.setenv('SLURM_PROCID', '3')
+    monkeypatch.setenv('SLURM_NTASKS', '4')
+    monkeypatch.setenv('SLURM_NODELIST', 'node[1-2]')
+    rr.check_launch_environment('slurm')
+    # Slurm and MPI ranks are known before mmengine sets RANK (when the runner is built).
+    assert rr.launch_rank('slurm') == 3 and rr.launch_rank('pytorch') == 0
+    monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '5')
+    assert rr.launch_rank('mpi') == 5
+
+
+def test_demo_data_is_written_by_rank_zero_of_any_launcher(tmp_path, monkeypatch):
+    # Under Slurm every task saw rank 0 (RANK is not set yet) and wrote the data at once:
+    # all but the first crashed renaming into the folder the first had made.
+    demo = osp.join(ROOT, 'configs', 'demo', 'deeplabv3_resnest14-d8_demo-ade.py')
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('SLURM_PROCID', '1')
+    root = str(tmp_path / 'demo_ade')
+    cfg = rr.load_config(demo, launcher='slurm', cfg_options={
+        f'{split}_dataloader.dataset.data_root': root for split in ('train', 'val', 'test')})
+    seen = []
+
+    def ensure(kind, root, *, rank=None, timeout_s=600):
+        seen.append((kind, rank))
+        raise KeyboardInterrupt  # stop before the data checks
+
+    monkeypatch.setattr(rr, 'ensure_demo_data', ensure)
+    with pytest.raises(KeyboardInterrupt):
+        rr.prepare_data(cfg, mode='train')
+    assert seen == [('demo_ade', 1)]
+    monkeypatch.undo()
+    # A rank other than 0 waits for rank 0's folder, and says where it would come from.
+    with pytest.raises(TimeoutError, match=r"rank 1: .* did not appear in 0 s \(rank 0 writes"):
+        rr.ensure_demo_data('demo_ade', root, rank=1, timeout_s=0.3)
+    assert not (tmp_path / 'demo_ade').exists()

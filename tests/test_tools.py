@@ -139,6 +139,18 @@ def test_test_tool_names_a_missing_checkpoint(tmp_path):
     assert proc.returncode == 2 and missing in proc.stderr
 
 
+def test_train_tool_names_a_launcher_that_did_not_start_it(tmp_path):
+    # Without torchrun: one message before any data is written, not mmengine's KeyError while
+    # building the runner reported as a config error.
+    root = str(tmp_path / 'demo_coco')
+    proc = run_tool('tools/train.py', DET_DEMO, '--launcher', 'pytorch', '--work-dir',
+                    str(tmp_path / 'w'), *tiny_det(root, 2))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith('error: --launcher pytorch: the environment lacks'), proc.stderr
+    assert 'which torchrun (tools/dist_train.sh' in proc.stderr and 'Traceback' not in proc.stderr
+    assert not osp.exists(root)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
                              launcher=args.launcher, load_from=args.checkpoint)
         if args.tta:
             rr.use_tta(cfg)
+        rr.check_launch_environment(args.launcher)  # before any data is written
         rr.prepare_data(cfg, mode='test')
     except (FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)

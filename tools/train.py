@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     try:
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                              resume=args.resume, amp=args.amp, launcher=args.launcher)
+        rr.check_launch_environment(args.launcher)  # before any data is written
         rr.prepare_data(cfg, mode='train')
     except (FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
