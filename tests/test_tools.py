@@ -133,6 +133,64 @@ def test_dist_scripts_check_the_process_count():
     assert proc.returncode == 2 and 'GPUS=--work-dir is not valid' in proc.stderr
 
 
+def _fake_srun(tmp_path) -> dict:
+    """An environment whose ``srun`` prints its arguments (one per line) and MASTER_PORT and
+    PYTHONPATH, and a working folder holding a file that an unquoted glob would match."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    srun = bin_dir / 'srun'
+    srun.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n'
+                    'echo "MASTER_PORT=${MASTER_PORT:-unset}"\necho "PYTHONPATH=$PYTHONPATH"\n')
+    srun.chmod(0o755)
+    (tmp_path / '--exclude=node2').touch()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('GPUS', 'GPUS_PER_NODE', 'CPUS_PER_TASK', 'SRUN_ARGS', 'PORT',
+                        'MASTER_PORT', 'PYTHONPATH')}
+    env['PATH'] = f'{bin_dir}:{env["PATH"]}'
+    return env
+
+
+@pytest.mark.parametrize('args,env,want,unwanted', [
+    # No WORK_DIR: nothing in its place (an empty array under set -u failed on bash <= 4.3).
+    (['p', 'j', 'cfg.py'], {}, ['--gres=gpu:8', '--ntasks=8', '--ntasks-per-node=8',
+                                '--cpus-per-task=5', 'cfg.py', '--launcher', 'slurm',
+                                'MASTER_PORT=unset', f'PYTHONPATH={ROOT}'], ['--work-dir']),
+    (['p', 'j', 'cfg.py', 'work', '--amp'], {}, ['--work-dir', 'work', '--amp'], []),
+    # An option is not a WORK_DIR; fewer tasks than a node's GPUs ask for those GPUs only.
+    (['p', 'j', 'cfg.py', '-h'], {'GPUS': '2'}, ['-h', '--gres=gpu:2', '--ntasks=2',
+                                                 '--ntasks-per-node=2'], ['--work-dir']),
+    # SRUN_ARGS split into words but not glob-expanded; PORT is mmengine's MASTER_PORT.
+    (['p', 'j', 'cfg.py'], {'SRUN_ARGS': '--exclude=node[1-3] --time 5', 'PORT': '29611'},
+     ['--exclude=node[1-3]', '--time', '5', 'MASTER_PORT=29611'], ['--exclude=node2']),
+])
+def test_slurm_train_script_passes_what_srun_needs(tmp_path, args, env, want, unwanted):
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', 'slurm_train.sh'), *args],
+                          cwd=tmp_path, env=dict(_fake_srun(tmp_path), **env),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert not [w for w in want if w not in lines], lines
+    assert not [u for u in unwanted if u in lines], lines
+    assert lines[lines.index('-u') + 1] == osp.join(ROOT, 'tools', 'train.py')
+
+
+def test_slurm_scripts_check_their_counts(tmp_path):
+    for script, args in (('slurm_train.sh', ['p', 'j', 'cfg.py']),
+                         ('slurm_test.sh', ['p', 'j', 'cfg.py', 'ckpt.pth'])):
+        for name, value in (('GPUS', '0'), ('GPUS_PER_NODE', 'x'), ('CPUS_PER_TASK', '-1')):
+            proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args],
+                                  cwd=tmp_path, env=dict(_fake_srun(tmp_path), **{name: value}),
+                                  capture_output=True, text=True)
+            assert proc.returncode == 2 and not proc.stdout, (script, name, proc.stdout)
+            assert f'{name}={value} is not valid; expected a number >= 1' in proc.stderr
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', 'slurm_test.sh'), 'p', 'j', 'c.py',
+                           'k.pth', '--tta'], cwd=tmp_path, env=_fake_srun(tmp_path),
+                          capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[lines.index('-u') + 1:lines.index('-u') + 7] == [
+        osp.join(ROOT, 'tools', 'test.py'), 'c.py', 'k.pth', '--launcher', 'slurm', '--tta']
+
+
 def test_test_tool_names_a_missing_checkpoint(tmp_path):
     missing = str(tmp_path / 'nope.pth')
     proc = run_tool('tools/test.py', DET_DEMO, missing)
