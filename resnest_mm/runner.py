@@ -176,7 +176,7 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
     if launcher not in LAUNCHERS:
         raise ValueError(f'launcher={launcher!r} is not one of {LAUNCHERS}')
     for name, path in (('resume', resume), ('checkpoint', load_from)):
-        if path not in (None, 'auto') and not osp.isfile(path):
+        if path not in (None, 'auto') and not is_remote(path) and not osp.isfile(path):
             raise FileNotFoundError(f'{name} checkpoint {path!r} does not exist')
     if work_dir is not None and not work_dir:
         raise ValueError("work_dir='' is empty; give a folder, or leave it out for "
@@ -225,7 +225,7 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
                   + (f'resuming from {resume!r}' if resume is not None
                      else f'testing {load_from!r}'), logger='current', level=30)
     # Checked only where it is what the run starts from.
-    if (given and resume is None and load_from is None and '://' not in given
+    if (given and resume is None and load_from is None and not is_remote(given)
             and not osp.isfile(given)):
         raise FileNotFoundError(f'load_from checkpoint {given!r} does not exist')
     if resume is not None:
@@ -599,11 +599,19 @@ def build_runner(cfg: Config):
     return Runner.from_cfg(cfg)
 
 
+def is_remote(path: str) -> bool:
+    """Whether mmengine reads ``path`` through a scheme (``https://``, ``s3://``,
+    ``open-mmlab://`` ...) rather than as a local file."""
+    return '://' in path
+
+
 def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> None:
     """Fail unless ``path`` holds exactly ``model``'s parameters and buffers, by name and shape.
 
     mmengine loads a model's weights non-strictly: a checkpoint of another network, or one with
-    keys missing, only logs a warning and leaves the rest randomly initialised.
+    keys missing, only logs a warning and leaves the rest randomly initialised. A URL (any
+    scheme mmengine's ``CheckpointLoader`` knows) is read the way the runner then reads it: an
+    ``https://`` file is downloaded once into torch's hub cache, and the runner loads that copy.
 
     Raises:
         CheckpointMismatchError: The file cannot be read as a checkpoint, or does not fit; the
@@ -611,7 +619,11 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
     """
     from mmengine.model import BaseTTAModel, is_model_wrapper
     try:
-        ckpt = safe_torch_load(path)
+        if is_remote(path):
+            from mmengine.runner import CheckpointLoader
+            ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        else:
+            ckpt = safe_torch_load(path)
     except FileNotFoundError:
         raise
     except Exception as err:  # a truncated, empty or foreign file, or unsafe pickled objects
@@ -716,7 +728,7 @@ def train(cfg: Config) -> dict:
     """
     runner = _setup(cfg, mode='train')
     path = _checkpoint_to_load(cfg, runner)
-    if path is not None and '://' not in path:
+    if path is not None:
         check_checkpoint_fits(runner.model, path, what='resume' if cfg.get('resume')
                               else 'load_from')
     recorder = MetricsRecorder()
@@ -735,8 +747,9 @@ def use_tta(cfg: Config) -> None:
 
 
 def test(cfg: Config, *, checkpoint: str) -> dict:
-    """Evaluate ``checkpoint`` on the test data; returns the metrics."""
-    if not osp.isfile(checkpoint):
+    """Evaluate ``checkpoint`` (a file, or a URL mmengine reads) on the test data; returns the
+    metrics."""
+    if not is_remote(checkpoint) and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
     if cfg.get('load_from') and cfg.load_from != checkpoint:
         # A fine-tuning config's starting point: what is tested is the checkpoint given.

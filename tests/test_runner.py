@@ -374,3 +374,33 @@ def test_demo_data_is_written_by_rank_zero_of_any_launcher(tmp_path, monkeypatch
     with pytest.raises(TimeoutError, match=r"rank 1: .* did not appear in 0 s \(rank 0 writes"):
         rr.ensure_demo_data('demo_ade', root, rank=1, timeout_s=0.3)
     assert not (tmp_path / 'demo_ade').exists()
+
+
+def _local_scheme(tmp_path):
+    """A URL scheme mmengine's CheckpointLoader reads from ``tmp_path`` (as https:// would read
+    from a server), so that URL checkpoints are tested without a network."""
+    from mmengine.runner import CheckpointLoader
+
+    def load(filename, map_location):
+        return torch.load(tmp_path / filename.split('://', 1)[1], map_location=map_location)
+
+    CheckpointLoader.register_scheme(prefixes='resnestmm-test://', loader=load, force=True)
+    return 'resnestmm-test://'
+
+
+def test_checkpoint_urls_are_accepted_and_checked_like_files(tmp_path):
+    # tools/test.py, --resume and load_from refused a URL ("does not exist"), which mmengine
+    # (and MMDetection's test.py) reads; it is now read and held to the same fit check.
+    from resnest_mm.models import build_backbone
+    url = _local_scheme(tmp_path)
+    cfg = rr.load_config(CONFIG, load_from=url + 'ckpt.pth')
+    assert cfg.load_from == url + 'ckpt.pth'
+    cfg = rr.load_config(CONFIG, resume='https://example.com/iter_4.pth')
+    assert cfg.resume is True and cfg.load_from == 'https://example.com/iter_4.pth'
+    model = build_backbone('resnet18', base_channels=4)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'ckpt.pth')
+    rr.check_checkpoint_fits(model, url + 'ckpt.pth', what='checkpoint')
+    other = build_backbone('resnet18', base_channels=8)
+    with pytest.raises(rr.CheckpointMismatchError, match=r"checkpoint 'resnestmm-test://ckpt.pth'"
+                                                         r" does not fit .* wrongly shaped"):
+        rr.check_checkpoint_fits(other, url + 'ckpt.pth', what='checkpoint')

@@ -89,6 +89,26 @@ def test_test_tool_prints_metrics_of_a_saved_checkpoint(trained, coco_root, tmp_
     assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', proc.stdout)
 
 
+def test_test_tool_reads_a_checkpoint_url(trained, coco_root, tmp_path):
+    # Refused before ("does not exist"), where MMDetection's test.py lets mmengine read it. A
+    # scheme registered at start-up (sitecustomize) serves the work dir, as https:// would.
+    work, _ = trained
+    (tmp_path / 'sitecustomize.py').write_text(
+        'import os, torch\n'
+        'from mmengine.runner import CheckpointLoader\n'
+        'def load(name, map_location):\n'
+        '    path = os.path.join(os.environ["CKPT_DIR"], name.split("://", 1)[1])\n'
+        '    return torch.load(path, map_location=map_location, weights_only=False)\n'
+        'CheckpointLoader.register_scheme("resnestmm-test://", loader=load)\n')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), CKPT_DIR=work, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, 'tools/test.py', DET_DEMO,
+                           'resnestmm-test://iter_4.pth', '--work-dir', str(tmp_path / 'w'),
+                           *tiny_det(coco_root, 4)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', proc.stdout)
+
+
 def test_a_checkpoint_that_does_not_fit_is_not_loaded(trained, coco_root, tmp_path):
     import torch
     work, _ = trained

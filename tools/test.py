@@ -21,7 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or a URL (https://...)')
     parser.add_argument('--work-dir', help='output folder for the logs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from resnest_mm import runner as rr
     try:
-        if not os.path.isfile(args.checkpoint):
+        if '://' not in args.checkpoint and not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                              launcher=args.launcher, load_from=args.checkpoint)
