@@ -146,8 +146,8 @@ def check_cfg_options(cfg: Mapping, cfg_options: Mapping) -> None:
 
 def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
                 work_dir: Optional[str] = None, resume: Optional[str] = None,
-                amp: bool = False, launcher: str = 'none', load_from: Optional[str] = None
-                ) -> Config:
+                amp: bool = False, launcher: str = 'none', load_from: Optional[str] = None,
+                auto_scale_lr: bool = False) -> Config:
     """Read a config and apply the tools' options to it.
 
     Args:
@@ -159,6 +159,8 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
             checkpoint; None starts afresh.
         amp: Train with automatic mixed precision (needs a GPU).
         launcher: ``'none'`` (one process), ``'pytorch'`` (torchrun), ``'slurm'`` or ``'mpi'``.
+        auto_scale_lr: Scale the learning rate by the total batch size over the config's
+            ``auto_scale_lr.base_batch_size`` (MMDetection's ``--auto-scale-lr``).
         load_from: Checkpoint whose weights initialise the model (testing, fine-tuning).
             With ``resume`` or ``load_from``, the config's own ``load_from`` (a fine-tuning
             starting point) is replaced, with a warning; ``resume='auto'`` falls back to it when
@@ -234,6 +236,13 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
     if load_from is not None:
         cfg.load_from = load_from
     check_efficient_conv_bn_eval(cfg)
+    if auto_scale_lr:
+        scaling = cfg.get('auto_scale_lr')
+        if not isinstance(scaling, Mapping) or 'base_batch_size' not in scaling:
+            raise ValueError(f'--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) in '
+                             f'the config (the total batch size its learning rate is for); it '
+                             f'has auto_scale_lr={scaling!r}')
+        cfg.auto_scale_lr.enable = True
     if amp:
         if not torch.cuda.is_available():
             raise ValueError('--amp needs a CUDA GPU; none is available here')
@@ -735,6 +744,62 @@ def train(cfg: Config) -> dict:
     runner.register_hook(recorder)
     runner.train()
     return recorder.metrics
+
+
+def add_test_outputs(cfg: Config, *, out: Optional[str] = None, show: bool = False,
+                     show_dir: Optional[str] = None, wait_time: float = 2.0) -> None:
+    """MMDetection's and MMSegmentation's ``tools/test.py`` options ``--out``, ``--show``,
+    ``--show-dir`` and ``--wait-time``, each with its toolbox's meaning.
+
+    Args:
+        cfg: The config from :func:`load_config`.
+        out: MMDetection: a ``.pkl`` file for the raw predictions (``DumpDetResults``).
+            MMSegmentation: a folder for the predicted label maps (``IoUMetric(output_dir=)``).
+        show: Show each image with its predictions in a window (needs a display).
+        show_dir: Also draw them into files: MMDetection's ``<work_dir>/<timestamp>/<show_dir>``,
+            every image; MMSegmentation's ``<show_dir>/vis_data/vis_image``, every
+            ``default_hooks.visualization.interval``-th image (50 in its configs and ours).
+        wait_time: Seconds each shown image stays up.
+
+    Raises:
+        ValueError: ``out`` of the wrong kind, or no visualization hook to draw with.
+    """
+    toolbox = toolbox_of(cfg)
+    if show or show_dir:
+        hook = (cfg.get('default_hooks') or {}).get('visualization')
+        if not hook:
+            kind = 'DetVisualizationHook' if toolbox == 'mmdet' else 'SegVisualizationHook'
+            raise ValueError(f'--show and --show-dir draw with the visualization hook, and '
+                             f'the config has none; add default_hooks.visualization='
+                             f"dict(type='{kind}')")
+        hook['draw'] = True
+        if show:
+            hook['show'] = True
+            hook['wait_time'] = wait_time
+        if show_dir:
+            if toolbox == 'mmdet':
+                hook['test_out_dir'] = show_dir
+            else:
+                cfg.visualizer['save_dir'] = show_dir
+    if out is None:
+        return
+    evaluators = cfg.test_evaluator
+    if toolbox == 'mmdet':
+        if not out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out {out!r}: MMDetection dumps the predictions to a pickle '
+                             "file; expected a name ending in '.pkl' or '.pickle'")
+        listed = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+        cfg.test_evaluator = listed + [dict(type='DumpDetResults', out_file_path=out)]
+        return
+    metrics = [e for e in (evaluators if isinstance(evaluators, (list, tuple)) else [evaluators])
+               if str(e.get('type', '')).endswith('IoUMetric')]
+    if not metrics:
+        raise ValueError(f'--out {out!r}: MMSegmentation writes the predicted label maps '
+                         f'through IoUMetric(output_dir=...), and test_evaluator={evaluators!r} '
+                         'has none')
+    for metric in metrics:
+        metric['output_dir'] = out
+        metric['keep_results'] = True
 
 
 def use_tta(cfg: Config) -> None:

@@ -404,3 +404,37 @@ def test_checkpoint_urls_are_accepted_and_checked_like_files(tmp_path):
     with pytest.raises(rr.CheckpointMismatchError, match=r"checkpoint 'resnestmm-test://ckpt.pth'"
                                                          r" does not fit .* wrongly shaped"):
         rr.check_checkpoint_fits(other, url + 'ckpt.pth', what='checkpoint')
+
+
+SEG_CONFIG = osp.join(ROOT, 'configs', 'deeplabv3_resnest50_ade20k.py')
+
+
+def test_test_output_options_take_each_toolboxs_meaning():
+    cfg = rr.load_config(CONFIG)
+    rr.add_test_outputs(cfg, out='preds.pkl', show=True, show_dir='vis', wait_time=0.5)
+    assert cfg.test_evaluator[-1] == dict(type='DumpDetResults', out_file_path='preds.pkl')
+    assert cfg.test_evaluator[0].type == 'CocoMetric'  # kept, not replaced
+    hook = cfg.default_hooks.visualization
+    assert (hook.draw, hook.show, hook.wait_time, hook.test_out_dir) == (True, True, 0.5, 'vis')
+    with pytest.raises(ValueError, match=r"--out 'preds.json': .* expected a name ending in "
+                                         r"'\.pkl' or '\.pickle'"):
+        rr.add_test_outputs(rr.load_config(CONFIG), out='preds.json')
+    cfg = rr.load_config(CONFIG, cfg_options={'default_hooks.visualization': None})
+    with pytest.raises(ValueError, match=r"the config has none; add default_hooks\.visualization="
+                                         r"dict\(type='DetVisualizationHook'\)"):
+        rr.add_test_outputs(cfg, show_dir='vis')
+    cfg = rr.load_config(SEG_CONFIG)
+    rr.add_test_outputs(cfg, out='maps', show_dir='vis')
+    assert (cfg.test_evaluator.output_dir, cfg.test_evaluator.keep_results) == ('maps', True)
+    assert cfg.visualizer.save_dir == 'vis' and cfg.default_hooks.visualization.draw is True
+    rr.add_test_outputs(cfg)  # nothing asked, nothing changed
+    assert cfg.default_hooks.visualization.get('show') is None
+
+
+def test_auto_scale_lr_option_needs_the_configs_base_batch_size():
+    assert rr.load_config(CONFIG).auto_scale_lr.enable is False
+    cfg = rr.load_config(CONFIG, auto_scale_lr=True)
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    with pytest.raises(ValueError, match=r'--auto-scale-lr needs auto_scale_lr=dict\('
+                                         r'base_batch_size=N\) .* it has auto_scale_lr=None'):
+        rr.load_config(CONFIG, auto_scale_lr=True, cfg_options={'auto_scale_lr': None})

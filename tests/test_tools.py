@@ -82,11 +82,19 @@ def test_resume_continues_at_the_saved_iteration(trained, coco_root):
 
 def test_test_tool_prints_metrics_of_a_saved_checkpoint(trained, coco_root, tmp_path):
     work, _ = trained
+    import pickle
+    out = str(tmp_path / 'preds.pkl')
     proc = run_tool('tools/test.py', DET_DEMO, osp.join(work, 'iter_4.pth'), '--work-dir',
-                    str(tmp_path), *tiny_det(coco_root, 4))
+                    str(tmp_path), '--out', out, '--show-dir', 'vis', *tiny_det(coco_root, 4))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'test metrics:' in proc.stdout
     assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', proc.stdout)
+    # MMDetection's --out (raw predictions) and --show-dir (drawn under <work_dir>/<timestamp>).
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 3 and {'img_id', 'pred_instances'} <= set(preds[0])
+    drawn = [n for _, _, names in os.walk(tmp_path) for n in names if n.endswith('.jpg')]
+    assert len(drawn) == 3, drawn
 
 
 def test_test_tool_reads_a_checkpoint_url(trained, coco_root, tmp_path):
@@ -211,6 +219,19 @@ def test_slurm_scripts_check_their_counts(tmp_path):
         osp.join(ROOT, 'tools', 'test.py'), 'c.py', 'k.pth', '--launcher', 'slurm', '--tta']
 
 
+def test_mmdetection_options_reach_the_run(tmp_path):
+    # --auto-scale-lr and --out were unknown options (argparse: exit 2, "unrecognized").
+    proc = run_tool('tools/train.py', DET_DEMO, '--auto-scale-lr', '--cfg-options',
+                    'auto_scale_lr=None')
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        'error: --auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N)'), proc.stderr
+    ckpt = tmp_path / 'c.pth'
+    ckpt.touch()
+    proc = run_tool('tools/test.py', DET_DEMO, str(ckpt), '--out', 'preds.json')
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        "error: --out 'preds.json': MMDetection dumps"), proc.stderr
+
+
 def test_test_tool_names_a_missing_checkpoint(tmp_path):
     missing = str(tmp_path / 'nope.pth')
     proc = run_tool('tools/test.py', DET_DEMO, missing)
@@ -303,10 +324,17 @@ def test_seg_demo_trains_and_evaluates_with_iou_metric(tmp_path):
     finetune = tmp_path / 'finetune.py'
     finetune.write_text(f'_base_ = {osp.join(ROOT, SEG_DEMO)!r}\nload_from = {start!r}\n')
     proc = run_tool('tools/test.py', str(finetune), str(tmp_path / 'w' / 'iter_2.pth'), '--tta',
-                    '--work-dir', str(tmp_path / 't'), '--cfg-options', *options)
+                    '--work-dir', str(tmp_path / 't'), '--out', str(tmp_path / 'maps'),
+                    '--show-dir', str(tmp_path / 'vis'), '--cfg-options', *options,
+                    'default_hooks.visualization.interval=1')  # mmseg draws every 50th
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'mIoU \(%\): \d+\.\d{4}', proc.stdout), proc.stdout[-2000:]
     assert f'load_from={start!r} is not used: testing' in proc.stdout + proc.stderr
+    # MMSegmentation's --out (predicted label maps) and --show-dir (drawn images).
+    assert len(os.listdir(tmp_path / 'maps')) == 2
+    drawn = [osp.join(d, n) for d, _, names in os.walk(tmp_path / 'vis') for n in names
+             if n.endswith('.png')]
+    assert len(drawn) == 2 and all('/vis_data/vis_image/' in p for p in drawn), drawn
 
 
 def test_out_of_range_label_map_is_one_clear_error(tmp_path):

@@ -25,6 +25,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='output folder for the logs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
+    parser.add_argument('--out', help='MMDetection: a .pkl file for the raw predictions; '
+                                      'MMSegmentation: a folder for the predicted label maps')
+    parser.add_argument('--show', action='store_true',
+                        help='show each image with its predictions (needs a display)')
+    parser.add_argument('--show-dir', help='draw the predictions into image files in this '
+                                           'folder (MMDetection: under the work dir; '
+                                           'MMSegmentation: every 50th image, see '
+                                           'default_hooks.visualization.interval)')
+    parser.add_argument('--wait-time', type=float, default=2.0,
+                        help='seconds each image of --show stays up (default 2)')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation (the config's tta_model and tta_pipeline)")
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
@@ -43,6 +53,8 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                              launcher=args.launcher, load_from=args.checkpoint)
+        rr.add_test_outputs(cfg, out=args.out, show=args.show, show_dir=args.show_dir,
+                            wait_time=args.wait_time)
         if args.tta:
             rr.use_tta(cfg)
         rr.check_launch_environment(args.launcher)  # before any data is written

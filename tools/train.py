@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='resume from CHECKPOINT, or from the latest in the work dir when '
                              'no path is given')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (GPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help="scale the learning rate to the total batch size (the config's "
+                             'auto_scale_lr.base_batch_size is what its rate is for)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_iters=100 '
                              'model.backbone.init_cfg=None')
@@ -43,7 +46,8 @@ def main(argv=None) -> int:
     from resnest_mm import runner as rr
     try:
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
-                             resume=args.resume, amp=args.amp, launcher=args.launcher)
+                             resume=args.resume, amp=args.amp, launcher=args.launcher,
+                             auto_scale_lr=args.auto_scale_lr)
         rr.check_launch_environment(args.launcher)  # before any data is written
         rr.prepare_data(cfg, mode='train')
     except (FileNotFoundError, ValueError) as err:
