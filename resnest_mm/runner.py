@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from mmengine.config import Config, DictAction  # noqa: F401  DictAction for the tools
+from mmengine.config import Config
+from mmengine.config import DictAction as _MMDictAction
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
@@ -46,6 +47,25 @@ RUNNER_KEYS = frozenset((
     'randomness', 'experiment_name', 'runner_type', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
     'custom_imports', 'tta_model', 'tta_pipeline', 'sync_bn'))
+
+
+class DictAction(_MMDictAction):
+    """mmengine's ``--cfg-options`` parser (``KEY=VALUE``; numbers, strings, ``[lists]``,
+    ``(tuples)``), with a usage error naming the item it cannot read instead of a traceback: an
+    item without ``=`` raised a bare ``ValueError``, a ``dict(...)`` value a ``RecursionError``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values or ():
+            if '=' not in item:
+                parser.error(f'{option_string} {item!r}: expected KEY=VALUE')
+            try:
+                self._parse_iterable(item.split('=', 1)[1])
+            except (RecursionError, AssertionError, ValueError, IndexError) as err:
+                parser.error(f'{option_string} {item!r}: the value cannot be read '
+                             f'({type(err).__name__}); values are numbers, strings, [lists] or '
+                             '(tuples), not dicts: give a dict key by key '
+                             '(KEY.type=Pretrained KEY.checkpoint=PATH)')
+        super().__call__(parser, namespace, values, option_string)
 
 
 class RunSetupError(ValueError):

@@ -232,6 +232,18 @@ def test_mmdetection_options_reach_the_run(tmp_path):
         "error: --out 'preds.json': MMDetection dumps"), proc.stderr
 
 
+@pytest.mark.parametrize('item, message', [
+    # mmengine's parser recursed until Python stopped it: a RecursionError traceback.
+    ("model.backbone.init_cfg=dict(type='Pretrained',checkpoint='x.pth')",
+     r"the value cannot be read \(RecursionError\); .* not dicts: give a dict key by key"),
+    ('train_cfg.max_iters', "'train_cfg.max_iters': expected KEY=VALUE"),
+])
+def test_unreadable_cfg_options_are_a_usage_error(item, message):
+    proc = run_tool('tools/train.py', DET_DEMO, '--cfg-options', item)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(r'train\.py: error: --cfg-options .*' + message, proc.stderr), proc.stderr
+
+
 def test_test_tool_names_a_missing_checkpoint(tmp_path):
     missing = str(tmp_path / 'nope.pth')
     proc = run_tool('tools/test.py', DET_DEMO, missing)
