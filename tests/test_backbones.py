@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNeXt
+from resnest_mm.models import Res2Net, ResNeSt, ResNet, ResNetV1c, ResNetV1d, ResNeXt
 from resnest_mm.models.backbones import engine
 from resnest_mm.models.backbones.res2net import Res2NetBottleneck
 from resnest_mm.models.backbones.resnest import ResNeStBottleneck
@@ -337,6 +337,36 @@ def test_bad_arguments_name_argument_and_value(cls, kwargs, arg, value):
     with pytest.raises(ValueError) as err:
         cls(**kwargs)
     assert arg in str(err.value) and value in str(err.value)
+
+
+CONTEXT = dict(cfg=dict(type='ContextBlock', ratio=0.25), position='after_conv3')
+
+
+@pytest.mark.parametrize('build, start, allowed', [
+    # Each was a message without the backbone's name, or torch's words without an argument.
+    (lambda: ResNeSt(groups=3, base_width=4), 'ResNeSt: groups=3 is not valid',
+     "divide the split attention's hidden width"),
+    (lambda: ResNet(plugins=CONTEXT), "ResNet: plugins={'cfg'", 'expected a list of dict'),
+    (lambda: ResNet(depth=18, plugins=[CONTEXT]), 'ResNet: plugins=[', 'BasicBlock (ResNet-18/34)'),
+    (lambda: ResNet(depth=34, dcn=dict(type='DCN'), stage_with_dcn=(False, True, True, True)),
+     "ResNet: dcn={'type': 'DCN'} is not valid", 'BasicBlock (ResNet-18/34)'),
+    (lambda: ResNet(plugins=[CONTEXT, CONTEXT]), 'ResNet: plugins=[',
+     "both named 'context_block'"),
+    # V1c/V1d are a stem and a shortcut: another one was built quietly under the name.
+    (lambda: ResNetV1c(deep_stem=False), 'ResNetV1c: deep_stem=False is not valid',
+     'use ResNet(deep_stem=..., avg_down=...)'),
+    (lambda: ResNetV1c(avg_down=True), 'ResNetV1c: avg_down=True', 'always has'),
+    (lambda: ResNetV1d(avg_down=False), 'ResNetV1d: avg_down=False', 'always has'),
+])
+def test_bad_arguments_are_named_by_the_backbone(build, start, allowed):
+    with pytest.raises(ValueError) as err:
+        build()
+    assert str(err.value).startswith(start) and allowed in str(err.value), err.value
+
+
+def test_v1c_and_v1d_take_their_own_stem_and_shortcut_by_name():
+    c, d = ResNetV1c(depth=18, deep_stem=True, avg_down=False), ResNetV1d(depth=18, avg_down=True)
+    assert (c.deep_stem, c.avg_down, d.deep_stem, d.avg_down) == (True, False, True, True)
 
 
 def test_four_stage_dcn_default_fits_fewer_stages():

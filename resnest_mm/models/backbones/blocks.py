@@ -173,9 +173,11 @@ class BasicBlock(ResidualBlock):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        if self.dcn is not None or self.plugins:
-            raise ValueError('dcn and plugins are not supported by BasicBlock (ResNet-18/34); '
-                             'use depth >= 50')
+        # Messages name the argument; the backbone building the block puts its name first.
+        for name, value in (('dcn', self.dcn), ('plugins', self.plugins)):
+            if value:
+                raise ValueError(f'{name}={value!r} is not valid; BasicBlock (ResNet-18/34) '
+                                 'supports no dcn or plugins, use depth >= 50.')
         self.conv1 = build_spatial_conv(self.conv_cfg, self.in_channels, self.planes, 3,
                                         stride=self.stride, padding=self.dilation,
                                         dilation=self.dilation, bias=False)
@@ -232,8 +234,9 @@ class Bottleneck(ResidualBlock):
             name, layer = build_plugin_layer(cfg, postfix=cfg.pop('postfix', ''),
                                              in_channels=channels)
             if hasattr(self, name):
-                raise ValueError(f'plugins: two plugins are both named {name!r} in one block; '
-                                 "give them different 'postfix' values")
+                raise ValueError(f'plugins={self.plugins!r} is not valid; two plugins are both '
+                                 f"named {name!r} in one block, give them different 'postfix' "
+                                 'values.')
             self.add_module(name, layer)
             self.plugin_names[plugin['position']].append(name)
 

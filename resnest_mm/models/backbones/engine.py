@@ -6,6 +6,7 @@ dilations, multi-grid and contracted dilation, frozen stages and ``norm_eval``, 
 their metadata, weight initialisation and checkpoint loading. A family subclass contributes only its
 block class, its table of depths and its block arguments.
 """
+import re
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar, Iterator, Optional, Sequence
 
@@ -45,6 +46,17 @@ def _naming_norm_errors(owner: str, norm_cfg: dict) -> Iterator[None]:
         if 'divisible by num_groups' in str(err):
             fail(owner, 'norm_cfg', norm_cfg, f'GN needs num_groups to divide every normalised '
                  f'width ({err})')
+        raise
+
+
+@contextmanager
+def _naming_block_errors(owner: str) -> Iterator[None]:
+    """A block's own refusal (``name=value is not valid; ...``) with the backbone's name first."""
+    try:
+        yield
+    except ValueError as err:
+        if re.match(r'[A-Za-z_]\w*=', str(err)):
+            raise ValueError(f'{owner}: {err}') from err
         raise
 
 
@@ -258,7 +270,7 @@ class ResNetEngine(BaseModule):
         stage_channels, stage_strides = [], []
         total_stride = 4  # stem conv and max pool
         for i, num_blocks in enumerate(stage_blocks):
-            with _naming_norm_errors(owner, norm_cfg):
+            with _naming_norm_errors(owner, norm_cfg), _naming_block_errors(owner):
                 layer = self._make_stage(i, num_blocks, channels, stage_plugins[i])
             name = f'layer{i + 1}'
             self.add_module(name, layer)
@@ -313,6 +325,9 @@ class ResNetEngine(BaseModule):
     def _split_plugins(owner: str, plugins: Optional[list], num_stages: int) -> list[list]:
         """Per stage, the plugins that apply to it, each as ``dict(cfg=..., position=...)``."""
         per_stage: list[list] = [[] for _ in range(num_stages)]
+        if plugins is not None and not isinstance(plugins, (list, tuple)):
+            fail(owner, 'plugins', plugins, 'expected a list of dict(cfg=..., position=...), '
+                 'one per plugin')
         for plugin in plugins or []:
             if not isinstance(plugin, dict) or 'cfg' not in plugin or 'position' not in plugin:
                 fail(owner, 'plugins', plugin, "each plugin needs 'cfg' and 'position' keys")

@@ -141,13 +141,19 @@ class ResNeSt(ResNetEngine):
         num_stages = kwargs.get('num_stages', 4)
         if isinstance(base_channels, int) and not isinstance(base_channels, bool) \
                 and base_channels >= 1 and num_stages in (1, 2, 3, 4):
-            # The split conv has groups * radix groups over each stage's width.
+            # The split conv has groups * radix groups over each stage's width, and the
+            # attention's two grouped 1x1 convs ``groups`` groups over its hidden width.
             for i in range(num_stages):
                 per_group = int(base_channels * 2 ** i * base_width / base_channels)
                 if per_group % radix:
                     fail(owner, 'radix', radix, f'it must divide the width of each cardinal '
                          f'group, which is {per_group} in stage {i + 1} (base_channels='
                          f'{base_channels}, base_width={base_width})')
+                hidden = max(per_group * groups * radix // reduction_factor, 32)
+                if hidden % groups:
+                    fail(owner, 'groups', groups, f"it must divide the split attention's "
+                         f'hidden width, max(width * radix // reduction_factor, 32) = {hidden} '
+                         f'in stage {i + 1}')
         norm_cfg = kwargs.get('norm_cfg')
         if isinstance(norm_cfg, dict) and _is_instance_norm(norm_cfg.get('type')):
             fail(owner, 'norm_cfg', norm_cfg, "instance norm cannot normalise split attention's "

@@ -146,6 +146,11 @@ class SplitAttentionConv2d(BaseModule):
         self.groups = groups
         self.channels = channels
         inter_channels = max(in_channels * radix // reduction_factor, 32)
+        if inter_channels % groups:
+            # fc1 and fc2 are grouped by cardinal group over this hidden width.
+            raise ValueError(f'{owner}: groups={groups} is not valid; it must divide the '
+                             f'hidden width max(in_channels * radix // reduction_factor, 32) = '
+                             f'{inter_channels}.')
         self.conv = build_spatial_conv(
             conv_or_dcn_cfg(conv_cfg, dcn, stride), in_channels, channels * radix, kernel_size,
             stride=stride, padding=padding, dilation=dilation, groups=groups * radix, bias=False)
