@@ -822,8 +822,46 @@ def add_test_outputs(cfg: Config, *, out: Optional[str] = None, show: bool = Fal
         metric['keep_results'] = True
 
 
+#: What MMDetection's ``tools/test.py --tta`` uses for a config without a ``tta_model``: the
+#: flipped and unflipped detections merged by NMS.
+DET_TTA_MODEL = dict(type='DetTTAModel',
+                     tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+#: What its default flip pipeline packs (``flip`` and ``flip_direction`` undo the flip).
+DET_TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                     'flip_direction')
+
+
+def _default_det_tta(cfg: Config) -> None:
+    """MMDetection's defaults for a detection config without ``tta_model``/``tta_pipeline``:
+    the test pipeline with its packing step replaced by a horizontal flip and no flip."""
+    if not cfg.get('tta_model'):
+        print_log(f'--tta: the config has no tta_model; using {DET_TTA_MODEL} (MMDetection\'s '
+                  'default)', logger='current', level=30)
+        cfg.tta_model = dict(DET_TTA_MODEL)
+    if cfg.get('tta_pipeline'):
+        return
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # a wrapper's inner data set holds the pipeline
+        dataset = dataset['dataset']
+    pipeline = [dict(step) for step in dataset.get('pipeline') or ()]
+    if not pipeline or str(pipeline[-1].get('type')).rsplit('.', 1)[-1] != 'PackDetInputs':
+        raise ValueError('--tta: the config has no tta_pipeline, and its test pipeline does not '
+                         'end in PackDetInputs to build the default flip pipeline from; add a '
+                         'tta_pipeline')
+    print_log('--tta: the config has no tta_pipeline; using its test pipeline with a flip and '
+              "no flip (MMDetection's default)", logger='current', level=30)
+    pipeline[-1] = dict(type='TestTimeAug', transforms=[
+        [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+        [dict(type='PackDetInputs', meta_keys=DET_TTA_META_KEYS)]])
+    cfg.tta_pipeline = pipeline
+
+
 def use_tta(cfg: Config) -> None:
-    """Switch the config to its test-time augmentation (``tta_model`` and ``tta_pipeline``)."""
+    """Switch the config to its test-time augmentation (``tta_model`` and ``tta_pipeline``); a
+    detection config without them gets MMDetection's defaults (flip and no flip, merged by NMS),
+    as its ``tools/test.py --tta`` does."""
+    if toolbox_of(cfg) == 'mmdet':
+        _default_det_tta(cfg)
     missing = [k for k in ('tta_model', 'tta_pipeline') if not cfg.get(k)]
     if missing:
         raise ValueError(f'--tta needs {missing} in the config')

@@ -438,3 +438,25 @@ def test_auto_scale_lr_option_needs_the_configs_base_batch_size():
     with pytest.raises(ValueError, match=r'--auto-scale-lr needs auto_scale_lr=dict\('
                                          r'base_batch_size=N\) .* it has auto_scale_lr=None'):
         rr.load_config(CONFIG, auto_scale_lr=True, cfg_options={'auto_scale_lr': None})
+
+
+def test_tta_without_the_configs_own_takes_mmdetections_defaults_for_detection():
+    # It was refused ("--tta needs ['tta_model', 'tta_pipeline']"); MMDetection's test.py
+    # falls back to a flip TTA merged by NMS, and so does this now. MMSegmentation's does not.
+    cfg = rr.load_config(CONFIG)
+    test_pipeline = [dict(step) for step in cfg.test_dataloader.dataset.pipeline]
+    rr.use_tta(cfg)
+    assert cfg.model.type == 'DetTTAModel' and cfg.model.module.backbone.type.endswith('ResNeSt')
+    assert cfg.model.tta_cfg == dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    assert [dict(s) for s in pipeline[:-1]] == test_pipeline[:-1]
+    flips, pack = pipeline[-1].transforms
+    assert pipeline[-1].type == 'TestTimeAug' and [f['prob'] for f in flips] == [1.0, 0.0]
+    assert pack[0].type == 'PackDetInputs' and 'flip_direction' in pack[0].meta_keys
+    cfg = rr.load_config(CONFIG)
+    cfg.test_dataloader.dataset.pipeline = test_pipeline[:-1]
+    with pytest.raises(ValueError, match='does not end in PackDetInputs'):
+        rr.use_tta(cfg)
+    cfg = rr.load_config(SEG_CONFIG, cfg_options={'tta_model': None})
+    with pytest.raises(ValueError, match=r"--tta needs \['tta_model'\] in the config"):
+        rr.use_tta(cfg)

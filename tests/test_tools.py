@@ -109,12 +109,16 @@ def test_test_tool_reads_a_checkpoint_url(trained, coco_root, tmp_path):
         '    return torch.load(path, map_location=map_location, weights_only=False)\n'
         'CheckpointLoader.register_scheme("resnestmm-test://", loader=load)\n')
     env = dict(os.environ, PYTHONPATH=str(tmp_path), CKPT_DIR=work, OMP_NUM_THREADS='1')
+    # With --tta: the detection configs have no tta_model; MMDetection's defaults apply.
     proc = subprocess.run([sys.executable, 'tools/test.py', DET_DEMO,
-                           'resnestmm-test://iter_4.pth', '--work-dir', str(tmp_path / 'w'),
-                           *tiny_det(coco_root, 4)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           'resnestmm-test://iter_4.pth', '--tta', '--work-dir',
+                           str(tmp_path / 'w'), *tiny_det(coco_root, 4)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r'bbox mAP@0\.5: \d\.\d{4}', proc.stdout)
+    out = proc.stdout + proc.stderr
+    assert "--tta: the config has no tta_model; using {'type': 'DetTTAModel'" in out
+    assert 'TestTimeAug' in out and "type='DetTTAModel'" in out  # the config mmengine logs
 
 
 def test_a_checkpoint_that_does_not_fit_is_not_loaded(trained, coco_root, tmp_path):
