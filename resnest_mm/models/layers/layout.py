@@ -19,11 +19,16 @@ from torch.nn.modules import module as _module
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
+#: ``torch.compiler.is_exporting`` (December 2024); where a torch lacks it, is_compiling covers
+#: export.
+_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
+
+
 def graph_capture() -> bool:
     """Whether the code is being traced, scripted, compiled or exported: graphs get the plain
     ops (no custom autograd functions or saved-tensor hooks)."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+            or torch.compiler.is_compiling() or _is_exporting())
 
 
 def no_hooks(*modules: nn.Module) -> bool:
