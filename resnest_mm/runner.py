@@ -46,13 +46,15 @@ RUNNER_KEYS = frozenset((
     'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer', 'default_scope',
     'randomness', 'experiment_name', 'runner_type', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'activation_checkpointing', 'efficient_conv_bn_eval',
-    'custom_imports', 'tta_model', 'tta_pipeline', 'sync_bn'))
+    'custom_imports', 'tta_model', 'tta_pipeline', 'sync_bn', 'load_from_strict'))
 
 
 class DictAction(_MMDictAction):
     """mmengine's ``--cfg-options`` parser (``KEY=VALUE``; numbers, strings, ``[lists]``,
     ``(tuples)``), with a usage error naming the item it cannot read instead of a traceback: an
-    item without ``=`` raised a bare ``ValueError``, a ``dict(...)`` value a ``RecursionError``."""
+    item without ``=`` raised a bare ``ValueError``, a ``dict(a=1, b=2)`` value a
+    ``RecursionError``. (A one-key ``dict(a=1)`` is read as that string, as by mmengine, and
+    refused later by what receives it.)"""
 
     def __call__(self, parser, namespace, values, option_string=None):
         for item in values or ():
@@ -87,8 +89,8 @@ LAUNCH_VARIABLES = {
 }
 #: What sets those variables.
 LAUNCHED_BY = {
-    'pytorch': 'torchrun (tools/dist_train.sh, tools/dist_test.sh)',
-    'slurm': 'srun (tools/slurm_train.sh, tools/slurm_test.sh)',
+    'pytorch': "torchrun (as the repository's tools/dist_train.sh and dist_test.sh do)",
+    'slurm': "srun (as the repository's tools/slurm_train.sh and slurm_test.sh do)",
     'mpi': "Open MPI's mpirun (MASTER_ADDR: set it yourself, as for mmengine)",
 }
 
@@ -357,8 +359,7 @@ def check_launch_environment(launcher: str) -> None:
         return
     if launcher != 'pytorch' and not torch.cuda.is_available():
         raise LaunchError(f"--launcher {launcher} on a machine without CUDA: only 'pytorch' "
-                          '(torchrun, tools/dist_train.sh) runs on CPUs, or --launcher none '
-                          'for one process')
+                          '(torchrun) runs on CPUs, or --launcher none for one process')
     missing = [name for name in LAUNCH_VARIABLES[launcher] if not os.environ.get(name)]
     if missing:
         raise LaunchError(f'--launcher {launcher}: the environment lacks {missing}, which '
@@ -371,11 +372,12 @@ def check_launch_environment(launcher: str) -> None:
 
 
 def launch_rank(launcher: str) -> int:
-    """This process's rank under ``launcher`` (0 for ``'none'``), read from what the launcher
-    set, so it is known before mmengine sets ``RANK`` for Slurm and MPI."""
-    if launcher not in LAUNCH_VARIABLES:
-        return 0
-    value = os.environ.get(LAUNCH_VARIABLES[launcher][0], '0')
+    """This process's rank under ``launcher``, read from what the launcher set, so it is known
+    before mmengine sets ``RANK`` for Slurm and MPI. ``'none'`` reads ``RANK`` too (0 when unset):
+    processes that torchrun started with ``--launcher none`` by mistake then still write the
+    demo data once."""
+    name = LAUNCH_VARIABLES[launcher][0] if launcher in LAUNCH_VARIABLES else 'RANK'
+    value = os.environ.get(name, '0')
     return int(value) if value.isdigit() else 0
 
 
@@ -515,8 +517,9 @@ def ensure_demo_data(kind: str, root: str, *, rank: Optional[int] = None,
             if time.monotonic() > deadline:
                 raise TimeoutError(f'rank {rank}: {root!r} did not appear in {timeout_s:.0f} s '
                                    '(rank 0 writes it; on several nodes it must be a folder '
-                                   'they share, or write it first with '
-                                   'tools/make_demo_data.py)')
+                                   'they share, or write it there first: '
+                                   f'resnest_mm.demo_data.make_{kind}(root), or '
+                                   'tools/make_demo_data.py in a clone of the repository)')
             time.sleep(0.2)
         return False
     writer = _demo_writers()[kind]
@@ -634,13 +637,18 @@ def is_remote(path: str) -> bool:
     return '://' in path
 
 
-def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> None:
+def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str,
+                          strict: bool = True) -> None:
     """Fail unless ``path`` holds exactly ``model``'s parameters and buffers, by name and shape.
 
     mmengine loads a model's weights non-strictly: a checkpoint of another network, or one with
     keys missing, only logs a warning and leaves the rest randomly initialised. A URL (any
     scheme mmengine's ``CheckpointLoader`` knows) is read the way the runner then reads it: an
     ``https://`` file is downloaded once into torch's hub cache, and the runner loads that copy.
+
+    With ``strict=False`` (a ``load_from`` the config marks ``load_from_strict=False``, to
+    fine-tune with another head) a checkpoint that does not fit is logged as a warning that
+    lists the same keys, and mmengine loads what fits.
 
     Raises:
         CheckpointMismatchError: The file cannot be read as a checkpoint, or does not fit; the
@@ -677,10 +685,19 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str) -> No
         parts = [f'{len(items)} {name}: {", ".join(items[:5])}' + (' ...' if len(items) > 5 else '')
                  for name, items in (('missing', missing), ('unexpected', unexpected),
                                      ('wrongly shaped', wrong)) if items]
+        if not strict:
+            print_log(f'{what} {path!r} does not fit the model of this config '
+                      f'({"; ".join(parts)}); with load_from_strict=False what fits is loaded '
+                      'and the rest keeps its initialisation', logger='current', level=30)
+            return
+        hint = (' To fine-tune with layers it does not fit (e.g. another number of classes), '
+                'set load_from_strict=False (--cfg-options load_from_strict=False): they keep '
+                'their initialisation, with a warning listing them.' if what == 'load_from'
+                else '')
         raise CheckpointMismatchError(
             f'{what} {path!r} does not fit the model of this config ({"; ".join(parts)}). It '
             'was not loaded: the unmatched weights would have stayed random. Is it a checkpoint '
-            'of this config?')
+            f'of this config?{hint}')
 
 
 def _setup(cfg: Config, *, mode: str):
@@ -753,13 +770,20 @@ def _checkpoint_to_load(cfg: Config, runner) -> Optional[str]:
 def train(cfg: Config) -> dict:
     """Train (and validate as configured); returns the last validation metrics (may be empty).
 
-    A checkpoint to resume from or to start from (``load_from``) must fit the model exactly.
+    A checkpoint to resume from or to start from (``load_from``) must fit the model exactly,
+    unless the config sets ``load_from_strict=False`` for its ``load_from`` (fine-tuning with
+    another head: the layers it does not fit keep their initialisation, listed in a warning).
     """
+    strict = cfg.get('load_from_strict', True)
+    if not isinstance(strict, bool):
+        raise RunSetupError(f'load_from_strict={strict!r} is not valid; expected True (the '
+                            'default: load_from must fit the model) or False')
     runner = _setup(cfg, mode='train')
     path = _checkpoint_to_load(cfg, runner)
     if path is not None:
-        check_checkpoint_fits(runner.model, path, what='resume' if cfg.get('resume')
-                              else 'load_from')
+        resuming = bool(cfg.get('resume'))
+        check_checkpoint_fits(runner.model, path, what='resume' if resuming else 'load_from',
+                              strict=strict or resuming)
     recorder = MetricsRecorder()
     runner.register_hook(recorder)
     runner.train()
@@ -774,11 +798,13 @@ def add_test_outputs(cfg: Config, *, out: Optional[str] = None, show: bool = Fal
     Args:
         cfg: The config from :func:`load_config`.
         out: MMDetection: a ``.pkl`` file for the raw predictions (``DumpDetResults``).
-            MMSegmentation: a folder for the predicted label maps (``IoUMetric(output_dir=)``).
+            MMSegmentation: a folder for the predicted label maps (``output_dir`` and
+            ``keep_results`` of the test metrics, e.g. ``IoUMetric``).
         show: Show each image with its predictions in a window (needs a display).
         show_dir: Also draw them into files: MMDetection's ``<work_dir>/<timestamp>/<show_dir>``,
-            every image; MMSegmentation's ``<show_dir>/vis_data/vis_image``, every
-            ``default_hooks.visualization.interval``-th image (50 in its configs and ours).
+            every image; MMSegmentation's ``<show_dir>/vis_data/vis_image``, the images of
+            every ``default_hooks.visualization.interval``-th test batch (50 in its configs
+            and ours, so none of a smaller test set; a warning says so).
         wait_time: Seconds each shown image stays up.
 
     Raises:
@@ -801,6 +827,13 @@ def add_test_outputs(cfg: Config, *, out: Optional[str] = None, show: bool = Fal
                 hook['test_out_dir'] = show_dir
             else:
                 cfg.visualizer['save_dir'] = show_dir
+                interval = hook.get('interval', 50)
+                if interval != 1:
+                    print_log(f'--show-dir: MMSegmentation draws the images of every '
+                              f'{interval}th test batch only (default_hooks.visualization.'
+                              f'interval={interval}); --cfg-options '
+                              'default_hooks.visualization.interval=1 draws all',
+                              logger='current', level=30)
     if out is None:
         return
     evaluators = cfg.test_evaluator
@@ -811,13 +844,9 @@ def add_test_outputs(cfg: Config, *, out: Optional[str] = None, show: bool = Fal
         listed = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
         cfg.test_evaluator = listed + [dict(type='DumpDetResults', out_file_path=out)]
         return
-    metrics = [e for e in (evaluators if isinstance(evaluators, (list, tuple)) else [evaluators])
-               if str(e.get('type', '')).endswith('IoUMetric')]
-    if not metrics:
-        raise ValueError(f'--out {out!r}: MMSegmentation writes the predicted label maps '
-                         f'through IoUMetric(output_dir=...), and test_evaluator={evaluators!r} '
-                         'has none')
-    for metric in metrics:
+    # As MMSegmentation's test.py: every metric is told (IoUMetric and CityscapesMetric write
+    # there, and keep_results keeps CityscapesMetric's files after it has scored them).
+    for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
         metric['output_dir'] = out
         metric['keep_results'] = True
 

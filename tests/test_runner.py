@@ -339,6 +339,9 @@ def test_a_process_started_by_its_launcher_passes_and_knows_its_rank(monkeypatch
         monkeypatch.delenv(name, raising=False)
     rr.check_launch_environment('none')
     assert rr.launch_rank('none') == 0
+    monkeypatch.setenv('RANK', '2')  # torchrun with --launcher none by mistake: still one writer
+    assert rr.launch_rank('none') == 2 and rr.launch_rank('pytorch') == 2
+    monkeypatch.delenv('RANK')
     monkeypatch.setenv('SLURM_PROCID', '3')
     monkeypatch.setenv('SLURM_NTASKS', '4')
     monkeypatch.setenv('SLURM_NODELIST', 'node[1-2]')
@@ -409,7 +412,9 @@ def test_checkpoint_urls_are_accepted_and_checked_like_files(tmp_path):
 SEG_CONFIG = osp.join(ROOT, 'configs', 'deeplabv3_resnest50_ade20k.py')
 
 
-def test_test_output_options_take_each_toolboxs_meaning():
+def test_test_output_options_take_each_toolboxs_meaning(monkeypatch):
+    logged = []
+    monkeypatch.setattr(rr, 'print_log', lambda msg, **kw: logged.append(msg))
     cfg = rr.load_config(CONFIG)
     rr.add_test_outputs(cfg, out='preds.pkl', show=True, show_dir='vis', wait_time=0.5)
     assert cfg.test_evaluator[-1] == dict(type='DumpDetResults', out_file_path='preds.pkl')
@@ -424,9 +429,20 @@ def test_test_output_options_take_each_toolboxs_meaning():
                                          r"dict\(type='DetVisualizationHook'\)"):
         rr.add_test_outputs(cfg, show_dir='vis')
     cfg = rr.load_config(SEG_CONFIG)
+    assert not logged
     rr.add_test_outputs(cfg, out='maps', show_dir='vis')
     assert (cfg.test_evaluator.output_dir, cfg.test_evaluator.keep_results) == ('maps', True)
     assert cfg.visualizer.save_dir == 'vis' and cfg.default_hooks.visualization.draw is True
+    # MMSegmentation's hook draws every 50th batch only: said, with the way to draw all.
+    assert len(logged) == 1 and 'every 50th test batch only' in logged[0]
+    assert 'default_hooks.visualization.interval=1 draws all' in logged[0]
+    # Any metric gets the folder, as in MMSegmentation's test.py (CityscapesMetric writes there).
+    cfg = rr.load_config(SEG_CONFIG, cfg_options={
+        'test_evaluator': [dict(type='IoUMetric'), dict(type='CityscapesMetric', output_dir='x')],
+        'default_hooks.visualization.interval': 1})
+    rr.add_test_outputs(cfg, out='maps', show_dir='vis')
+    assert [(m.output_dir, m.keep_results) for m in cfg.test_evaluator] == [('maps', True)] * 2
+    assert len(logged) == 1  # interval 1: nothing to warn about
     rr.add_test_outputs(cfg)  # nothing asked, nothing changed
     assert cfg.default_hooks.visualization.get('show') is None
 
@@ -460,3 +476,21 @@ def test_tta_without_the_configs_own_takes_mmdetections_defaults_for_detection()
     cfg = rr.load_config(SEG_CONFIG, cfg_options={'tta_model': None})
     with pytest.raises(ValueError, match=r"--tta needs \['tta_model'\] in the config"):
         rr.use_tta(cfg)
+
+
+def test_load_from_strict_is_a_boolean_and_only_relaxes_load_from(tmp_path, monkeypatch):
+    from resnest_mm.models import build_backbone
+    cfg = rr.load_config(CONFIG, cfg_options={'load_from_strict': 'no'})
+    with pytest.raises(rr.RunSetupError, match="load_from_strict='no' is not valid"):
+        rr.train(cfg)
+    model, other = (build_backbone('resnet18', base_channels=c) for c in (4, 8))
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'c.pth')
+    logged = []
+    monkeypatch.setattr(rr, 'print_log', lambda msg, **kw: logged.append(msg))
+    rr.check_checkpoint_fits(other, str(tmp_path / 'c.pth'), what='load_from', strict=False)
+    assert len(logged) == 1 and 'wrongly shaped' in logged[0]
+    with pytest.raises(rr.CheckpointMismatchError, match='set load_from_strict=False'):
+        rr.check_checkpoint_fits(other, str(tmp_path / 'c.pth'), what='load_from')
+    with pytest.raises(rr.CheckpointMismatchError) as err:
+        rr.check_checkpoint_fits(other, str(tmp_path / 'c.pth'), what='resume')
+    assert 'set load_from_strict' not in str(err.value)  # a resume must fit

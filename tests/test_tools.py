@@ -137,6 +137,17 @@ def test_a_checkpoint_that_does_not_fit_is_not_loaded(trained, coco_root, tmp_pa
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert f"{partial!r} does not fit the model of this config" in proc.stderr
         assert 'missing: rpn_head.' in proc.stderr and 'Traceback' not in proc.stderr
+    # Fine-tuning from it (a head it does not fit): refused with the way out, which then loads
+    # what fits and lists the rest in a warning.
+    proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', str(tmp_path / 'f'),
+                    *tiny_det(coco_root, 1), f'load_from={partial}')
+    assert proc.returncode == 2 and 'set load_from_strict=False' in proc.stderr, proc.stderr[-2000:]
+    proc = run_tool('tools/train.py', DET_DEMO, '--work-dir', str(tmp_path / 'f'),
+                    *tiny_det(coco_root, 1), f'load_from={partial}', 'load_from_strict=False')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert re.search(r"load_from '.*partial\.pth' does not fit the model of this config "
+                     r"\(\d+ missing: rpn_head\..*with load_from_strict=False what fits is", out)
 
 
 @pytest.mark.parametrize('option, message', [

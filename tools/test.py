@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='show each image with its predictions (needs a display)')
     parser.add_argument('--show-dir', help='draw the predictions into image files in this '
                                            'folder (MMDetection: under the work dir; '
-                                           'MMSegmentation: every 50th image, see '
+                                           'MMSegmentation: every 50th test batch, see '
                                            'default_hooks.visualization.interval)')
     parser.add_argument('--wait-time', type=float, default=2.0,
                         help='seconds each image of --show stays up (default 2)')
