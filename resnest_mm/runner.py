@@ -89,8 +89,8 @@ LAUNCH_VARIABLES = {
 }
 #: What sets those variables.
 LAUNCHED_BY = {
-    'pytorch': "torchrun (as the repository's tools/dist_train.sh and dist_test.sh do)",
-    'slurm': "srun (as the repository's tools/slurm_train.sh and slurm_test.sh do)",
+    'pytorch': "torchrun (the repository's tools/dist_train.sh and dist_test.sh run it)",
+    'slurm': "srun (the repository's tools/slurm_train.sh and slurm_test.sh run it)",
     'mpi': "Open MPI's mpirun (MASTER_ADDR: set it yourself, as for mmengine)",
 }
 
