@@ -85,6 +85,26 @@ def _mmengine_types_allowed() -> Iterator[None]:
         yield
 
 
+def _load_url_weights_only(url: str, *args: Any, **kwargs: Any) -> Any:
+    """``torch.hub.load_state_dict_from_url`` with ``weights_only=True`` whatever is asked."""
+    kwargs['weights_only'] = True
+    return torch.hub.load_state_dict_from_url(url, *args, **kwargs)
+
+
+def make_url_loading_safe() -> None:
+    """Make mmengine read URL checkpoints (``http(s)://``, and ``open-mmlab://``,
+    ``torchvision://``, ``mmcls://``, which resolve to one) with ``weights_only=True``.
+
+    mmengine downloads them with ``torch.hub.load_state_dict_from_url``, whose ``weights_only``
+    defaults to False: a URL checkpoint was unpickled whole, where the same file on disk is
+    refused. The ``load_url`` that mmengine's HTTP loader calls is replaced, once per process, by
+    one that loads weights only (with :func:`mmengine_safe_globals` allowed where the caller
+    allows them, as :func:`_mmengine_types_allowed` and the tools do).
+    """
+    from mmengine.runner import checkpoint as mm_checkpoint
+    mm_checkpoint.load_url = _load_url_weights_only
+
+
 def safe_torch_load(path: str, map_location: Any = 'cpu') -> Any:
     """``torch.load`` with ``weights_only=True`` plus the few mmengine/numpy types its checkpoints
     contain (torch >= 2.6 refuses them by default). Arbitrary pickled objects stay refused.
@@ -365,6 +385,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, 'os.PathLike', dict
     if isinstance(checkpoint, str) and '://' in checkpoint:
         # URLs and open-mmlab:// style names go through mmengine's loaders (they download).
         from mmengine.runner import CheckpointLoader
+        make_url_loading_safe()
         with _mmengine_types_allowed():
             state = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     elif isinstance(checkpoint, str):

@@ -28,8 +28,8 @@ from mmengine.config import DictAction as _MMDictAction
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from .checkpoint import (CheckpointMismatchError, mmengine_safe_globals, safe_torch_load,
-                         unwrap_state_dict)
+from .checkpoint import (CheckpointMismatchError, make_url_loading_safe, mmengine_safe_globals,
+                         safe_torch_load, unwrap_state_dict)
 from .det_checks import AnnotationError
 from .seg_checks import LabelMapError
 
@@ -467,8 +467,10 @@ def enable_safe_checkpoint_loading() -> None:
 
     The allow-list is :func:`resnest_mm.checkpoint.mmengine_safe_globals`: numpy arrays and
     scalars, ``HistoryBuffer`` and ``ConfigDict``; any other pickled object is still refused.
+    URL checkpoints are read the same way (:func:`resnest_mm.checkpoint.make_url_loading_safe`).
     """
     torch.serialization.add_safe_globals(mmengine_safe_globals())
+    make_url_loading_safe()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -658,6 +660,7 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str,
     try:
         if is_remote(path):
             from mmengine.runner import CheckpointLoader
+            enable_safe_checkpoint_loading()  # weights only, as for a file
             ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
         else:
             ckpt = safe_torch_load(path)

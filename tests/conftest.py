@@ -48,3 +48,21 @@ def svg_backend():
     matplotlib.use('svg')
     yield 'svg'
     matplotlib.use(before)
+
+
+@pytest.fixture
+def http_folder(tmp_path, monkeypatch):
+    """``(folder, url)``: files put in the folder are served at the URL by a local HTTP server,
+    and torch's hub cache (where mmengine downloads them) is under ``tmp_path``."""
+    import functools
+    import http.server
+    import threading
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'hub'))
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f'http://127.0.0.1:{server.server_address[1]}/'
+    server.shutdown()
+    server.server_close()

@@ -401,3 +401,18 @@ except Exception as err:
     assert proc.stdout.splitlines() == ['refused before the import: UnpicklingError',
                                         'loaded after the import 3 1.5',
                                         'still refused: UnpicklingError'], proc.stdout
+
+
+def test_a_url_init_checkpoint_is_loaded_weights_only(http_folder):
+    # init_cfg=dict(type='Pretrained', checkpoint=URL) of our backbones: mmengine's download
+    # unpickled the whole file (torch.hub's weights_only defaults to False).
+    import argparse
+    from resnest_mm.checkpoint import load_pretrained
+    folder, url = http_folder
+    model = build_backbone('resnet18', base_channels=4)
+    torch.save({'state_dict': model.state_dict()}, folder / 'ok.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': argparse.Namespace(x=1)},
+               folder / 'unsafe.pth')
+    load_pretrained(build_backbone('resnet18', base_channels=4), url + 'ok.pth')
+    with pytest.raises(pickle.UnpicklingError, match='Namespace'):
+        load_pretrained(build_backbone('resnet18', base_channels=4), url + 'unsafe.pth')

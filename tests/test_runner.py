@@ -494,3 +494,26 @@ def test_load_from_strict_is_a_boolean_and_only_relaxes_load_from(tmp_path, monk
     with pytest.raises(rr.CheckpointMismatchError) as err:
         rr.check_checkpoint_fits(other, str(tmp_path / 'c.pth'), what='resume')
     assert 'set load_from_strict' not in str(err.value)  # a resume must fit
+
+
+def test_http_checkpoints_are_loaded_weights_only(http_folder):
+    # mmengine downloads with torch.hub.load_state_dict_from_url, whose weights_only defaults
+    # to False: a URL checkpoint was unpickled whole where the same file on disk is refused.
+    import argparse
+    import numpy as np
+    from mmengine.runner import CheckpointLoader
+    from resnest_mm.models import build_backbone
+    serve, url = http_folder
+    model = build_backbone('resnet18', base_channels=4)
+    # numpy metadata, as mmengine checkpoints hold: on the allow-list.
+    torch.save({'state_dict': model.state_dict(), 'meta': {'lr': np.float64(0.1)}},
+               serve / 'ok.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': argparse.Namespace(x=1)},
+               serve / 'unsafe.pth')
+    rr.check_checkpoint_fits(model, url + 'ok.pth', what='checkpoint')
+    with pytest.raises(rr.CheckpointMismatchError,
+                       match=r"(?s)cannot be read as a checkpoint: UnpicklingError: .*Namespace"):
+        rr.check_checkpoint_fits(model, url + 'unsafe.pth', what='checkpoint')
+    # The runner's own load (mmengine's http loader) is the same safe one now.
+    with pytest.raises(Exception, match='Namespace'):
+        CheckpointLoader.load_checkpoint(url + 'unsafe.pth', map_location='cpu')
