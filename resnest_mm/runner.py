@@ -891,8 +891,15 @@ def _default_det_tta(cfg: Config) -> None:
 def use_tta(cfg: Config) -> None:
     """Switch the config to its test-time augmentation (``tta_model`` and ``tta_pipeline``); a
     detection config without them gets MMDetection's defaults (flip and no flip, merged by NMS),
-    as its ``tools/test.py --tta`` does."""
+    as its ``tools/test.py --tta`` does. Boxes only: MMDetection's ``DetTTAModel`` does not merge
+    masks, so a config with a mask head is refused."""
     if toolbox_of(cfg) == 'mmdet':
+        if (cfg.model.get('roi_head') or {}).get('mask_head') and str(
+                (cfg.get('tta_model') or DET_TTA_MODEL).get('type')).endswith('DetTTAModel'):
+            # DetTTAModel asserts at the first test batch, a traceback after the model is built.
+            raise ValueError("--tta: MMDetection's DetTTAModel does not merge masks (instance "
+                             'segmentation), and this config has a mask head; test without '
+                             '--tta')
         _default_det_tta(cfg)
     missing = [k for k in ('tta_model', 'tta_pipeline') if not cfg.get(k)]
     if missing:

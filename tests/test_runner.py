@@ -476,6 +476,10 @@ def test_tta_without_the_configs_own_takes_mmdetections_defaults_for_detection()
     cfg = rr.load_config(SEG_CONFIG, cfg_options={'tta_model': None})
     with pytest.raises(ValueError, match=r"--tta needs \['tta_model'\] in the config"):
         rr.use_tta(cfg)
+    # Masks: DetTTAModel asserted at the first test batch (a traceback, exit status 1).
+    cfg = rr.load_config(osp.join(ROOT, 'configs', 'mask_rcnn_resnest50_fpn.py'))
+    with pytest.raises(ValueError, match="DetTTAModel does not merge masks"):
+        rr.use_tta(cfg)
 
 
 def test_load_from_strict_is_a_boolean_and_only_relaxes_load_from(tmp_path, monkeypatch):
