@@ -3,12 +3,17 @@
 ``tools/train.py`` and ``tools/test.py`` are thin wrappers over this module. The toolbox is taken
 from the config's ``default_scope`` (``'mmdet'`` or ``'mmseg'``); everything else is shared:
 
-* :func:`load_config`: the config with ``--cfg-options``, work dir, resume, AMP and launcher;
+* :func:`load_config`: the config with ``--cfg-options``, work dir, resume, the checkpoint to
+  test (``load_from``), ``--auto-scale-lr``, AMP and launcher;
+* :func:`check_launch_environment`: a process its launcher did not start stops before any work;
+* :func:`add_test_outputs` and :func:`use_tta`: ``tools/test.py``'s ``--out``, ``--show``,
+  ``--show-dir``, ``--wait-time`` and ``--tta``, each with its toolbox's meaning;
 * :func:`adapt_sync_bn`: SyncBN layers become BN, with one warning line, where there is no
   multi-GPU process group for them to synchronise over (one process, or DDP on CPUs);
 * :func:`enable_safe_checkpoint_loading`: torch >= 2.6 loads with ``weights_only=True``, which
   refuses the numpy and mmengine objects of mmengine's checkpoints; the few types those hold are
-  allow-listed (:func:`resnest_mm.checkpoint.mmengine_safe_globals`), safe loading stays on;
+  allow-listed (:func:`resnest_mm.checkpoint.mmengine_safe_globals`), safe loading stays on,
+  for URL checkpoints too;
 * :func:`prepare_data`: the synthetic demo data sets are written when a demo config needs them,
   and a missing data set is one error naming the paths and how to get the data;
 * :func:`train` / :func:`test`: run, and return the final metrics for :func:`format_metrics`.

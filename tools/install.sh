@@ -4,7 +4,7 @@
 #   bash tools/install.sh            # venv at $RESNEST_MM_VENV (default ~/.venvs/resnest_mm)
 #
 # Idempotent: a second run only checks what is there (seconds). The first run builds mmcv 2.1.0
-# with its compiled ops from source (about 8 minutes on 2 cores); pip's wheel cache keeps the
+# with its compiled ops from source (8 to 15 minutes on 2 cores); pip's wheel cache keeps the
 # result, so later environments install it in seconds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -64,7 +64,7 @@ else
     log "installing mmengine"
     pipi mmengine==0.10.7
     if ! "$VPY" -c 'import mmcv.ops' 2>/dev/null; then
-        log "installing mmcv 2.1.0 with compiled ops (built from source the first time: ~8 min)"
+        log "installing mmcv 2.1.0 with compiled ops (built from source the first time: 8-15 min)"
         MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pipi --no-build-isolation mmcv==2.1.0
     fi
     log "installing mmdet, mmsegmentation and test requirements"
