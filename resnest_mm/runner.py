@@ -935,8 +935,11 @@ def run_error_message(err: BaseException) -> str:
     main process with the worker's whole traceback as its message)."""
     text = str(err)
     if text.startswith('Caught ') and '\nOriginal Traceback' in text:
-        # The traceback's last entry is "module.Class: the original message".
-        marker = f'{type(err).__module__}.{type(err).__qualname__}: '
+        # The traceback's last entry is "module.Class: the original message", or for a built-in
+        # exception (a worker's FileNotFoundError) "Class: the original message".
+        module = type(err).__module__
+        marker = (f'\n{type(err).__qualname__}: ' if module == 'builtins'
+                  else f'{module}.{type(err).__qualname__}: ')
         at = text.rfind(marker)
         if at >= 0:
             return text[at + len(marker):].strip()

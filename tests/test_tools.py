@@ -415,6 +415,15 @@ def test_run_error_message_drops_a_worker_traceback():
     assert 'Original Traceback' in str(info.value)
     assert run_error_message(info.value) == "label map 'x.png' is not valid:\n  a second line"
     assert run_error_message(LabelMapError('plain')) == 'plain'
+    # A built-in exception's traceback line has no module (mmcv's image loading in a worker).
+    try:
+        raise FileNotFoundError(2, 'No such file or directory', '/data/x.jpg')
+    except FileNotFoundError:
+        wrapped = ExceptionWrapper(where='in DataLoader worker process 0')
+    with pytest.raises(FileNotFoundError) as info:
+        wrapped.reraise()
+    assert 'Original Traceback' in str(info.value)
+    assert run_error_message(info.value) == "[Errno 2] No such file or directory: '/data/x.jpg'"
 
 
 def test_make_demo_data_errors_are_one_line(tmp_path):
