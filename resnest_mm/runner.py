@@ -171,6 +171,32 @@ def check_cfg_options(cfg: Mapping, cfg_options: Mapping) -> None:
                          'train_dataloader.dataset.data_root)')
 
 
+def stale_schedule_ends(cfg: Mapping, before: Mapping) -> list[str]:
+    """Warnings for learning-rate schedulers that still end where ``train_cfg`` ended before
+    ``--cfg-options`` changed its ``max_iters``/``max_epochs`` (``before``): the file's schedule
+    was written with its own length, and mmengine keeps the last rate after a scheduler's end."""
+    train = cfg.get('train_cfg') or {}
+    schedulers = cfg.get('param_scheduler') or []
+    listed = not isinstance(schedulers, Mapping)
+    schedulers = list(schedulers) if listed else [schedulers]
+    messages = []
+    for key, by_epoch, unit in (('max_iters', False, 'iteration'), ('max_epochs', True, 'epoch')):
+        old, new = before.get(key), train.get(key)
+        if old is None or new is None or old == new:
+            continue
+        for i, scheduler in enumerate(schedulers):
+            if (isinstance(scheduler, Mapping) and scheduler.get('by_epoch', True) == by_epoch
+                    and scheduler.get('end') == old):
+                name = f'param_scheduler.{i}' if listed else 'param_scheduler'
+                messages.append(
+                    f'--cfg-options train_cfg.{key}={new}: {name} ({scheduler.get("type")}) '
+                    f'still ends at {unit} {old}, where the config\'s schedule ended; after it '
+                    f'the learning rate stays at its last value. To stretch it, also set '
+                    f'{name}.end={new} (and what else it derives from the length, e.g. T_max '
+                    'or milestones)')
+    return messages
+
+
 def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
                 work_dir: Optional[str] = None, resume: Optional[str] = None,
                 amp: bool = False, launcher: str = 'none', load_from: Optional[str] = None,
@@ -214,7 +240,10 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         cfg = Config.fromfile(config)
         if cfg_options:
             check_cfg_options(cfg, cfg_options)
+            ends = dict(cfg.get('train_cfg') or {})
             cfg.merge_from_dict(dict(cfg_options))
+            for message in stale_schedule_ends(cfg, ends):
+                print_log(message, logger='current', level=30)
             if 'custom_imports' in _option_tops(cfg_options):
                 # Config.fromfile imported the file's list before the options changed it.
                 from mmengine.utils import import_modules_from_strings

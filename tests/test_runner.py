@@ -521,3 +521,24 @@ def test_http_checkpoints_are_loaded_weights_only(http_folder):
     # The runner's own load (mmengine's http loader) is the same safe one now.
     with pytest.raises(Exception, match='Namespace'):
         CheckpointLoader.load_checkpoint(url + 'unsafe.pth', map_location='cpu')
+
+
+def test_a_shorter_or_longer_run_warns_about_a_schedule_that_keeps_the_old_end(monkeypatch):
+    # The demo's cosine decay ended at iteration 600 whatever train_cfg.max_iters became: the
+    # last 900 iterations of a 1500-iteration run went at eta_min, without a word.
+    demo = osp.join(ROOT, 'configs', 'demo', 'faster_rcnn_resnest14_demo.py')
+    logged = []
+    monkeypatch.setattr(rr, 'print_log', lambda msg, **kw: logged.append(msg))
+    rr.load_config(demo, cfg_options={'train_cfg.max_iters': 1500})
+    assert logged == ['--cfg-options train_cfg.max_iters=1500: param_scheduler.1 '
+                      '(CosineAnnealingLR) still ends at iteration 600, where the config\'s '
+                      'schedule ended; after it the learning rate stays at its last value. To '
+                      'stretch it, also set param_scheduler.1.end=1500 (and what else it derives '
+                      'from the length, e.g. T_max or milestones)']
+    logged.clear()
+    cfg = rr.load_config(demo, cfg_options={'train_cfg.max_iters': 1500,
+                                            'param_scheduler.1.end': 1500,
+                                            'param_scheduler.1.T_max': 1450})
+    assert not logged and cfg.param_scheduler[1].end == 1500
+    rr.load_config(CONFIG, cfg_options={'train_cfg.max_epochs': 24})  # MultiStepLR, end=12
+    assert len(logged) == 1 and 'param_scheduler.1 (MultiStepLR) still ends at epoch 12' in logged[0]
