@@ -85,6 +85,12 @@ def _mmengine_types_allowed() -> Iterator[None]:
         yield
 
 
+def is_remote(path: str) -> bool:
+    """Whether mmengine reads ``path`` through a scheme (``https://``, ``s3://``,
+    ``open-mmlab://`` ...) rather than as a local file."""
+    return '://' in path
+
+
 def _load_url_weights_only(url: str, *args: Any, **kwargs: Any) -> Any:
     """``torch.hub.load_state_dict_from_url`` with ``weights_only=True`` whatever is asked."""
     kwargs['weights_only'] = True
@@ -382,7 +388,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, 'os.PathLike', dict
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix={prefix!r} is not valid; expected None or a key prefix such as "
                         "'backbone.'")
-    if isinstance(checkpoint, str) and '://' in checkpoint:
+    if isinstance(checkpoint, str) and is_remote(checkpoint):
         # URLs and open-mmlab:// style names go through mmengine's loaders (they download).
         from mmengine.runner import CheckpointLoader
         make_url_loading_safe()

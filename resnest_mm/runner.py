@@ -33,8 +33,8 @@ from mmengine.config import DictAction as _MMDictAction
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from .checkpoint import (CheckpointMismatchError, make_url_loading_safe, mmengine_safe_globals,
-                         safe_torch_load, unwrap_state_dict)
+from .checkpoint import (CheckpointMismatchError, is_remote, make_url_loading_safe,
+                         mmengine_safe_globals, safe_torch_load, unwrap_state_dict)
 from .det_checks import AnnotationError
 from .seg_checks import LabelMapError
 
@@ -630,7 +630,7 @@ def check_pretrained_files(cfg: Mapping) -> None:
         FileNotFoundError: Naming the config key, the path and the ways out.
     """
     for key, path in _pretrained_paths(cfg.get('model', {}), 'model'):
-        if isinstance(path, str) and '://' not in path and not osp.isfile(path):
+        if isinstance(path, str) and not is_remote(path) and not osp.isfile(path):
             raise FileNotFoundError(
                 f'{key}={path!r} does not exist. Download the ImageNet weights it names (where '
                 'to get each file: configs/README.md of the resnest_mm repository, "ImageNet '
@@ -665,12 +665,6 @@ def build_runner(cfg: Config):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
-
-
-def is_remote(path: str) -> bool:
-    """Whether mmengine reads ``path`` through a scheme (``https://``, ``s3://``,
-    ``open-mmlab://`` ...) rather than as a local file."""
-    return '://' in path
 
 
 def check_checkpoint_fits(model: torch.nn.Module, path: str, *, what: str,
