@@ -230,9 +230,9 @@ def load_config(config: str, *, cfg_options: Optional[Mapping] = None,
         raise FileNotFoundError(f'config {config!r} does not exist')
     if launcher not in LAUNCHERS:
         raise ValueError(f'launcher={launcher!r} is not one of {LAUNCHERS}')
-    for name, path in (('resume', resume), ('checkpoint', load_from)):
+    for name, path in (('resume checkpoint', resume), ('checkpoint', load_from)):
         if path not in (None, 'auto') and not is_remote(path) and not osp.isfile(path):
-            raise FileNotFoundError(f'{name} checkpoint {path!r} does not exist')
+            raise FileNotFoundError(f'{name} {path!r} does not exist')
     if work_dir is not None and not work_dir:
         raise ValueError("work_dir='' is empty; give a folder, or leave it out for "
                          'work_dirs/<config name>')

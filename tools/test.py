@@ -49,8 +49,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from resnest_mm import runner as rr
     try:
-        if not rr.is_remote(args.checkpoint) and not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
         cfg = rr.load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                              launcher=args.launcher, load_from=args.checkpoint)
         rr.add_test_outputs(cfg, out=args.out, show=args.show, show_dir=args.show_dir,
