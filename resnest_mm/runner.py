@@ -546,7 +546,7 @@ def ensure_demo_data(kind: str, root: str, *, rank: Optional[int] = None,
     """
     if osp.isdir(root):
         return False
-    rank = int(os.environ.get('RANK', '0')) if rank is None else rank
+    rank = launch_rank('none') if rank is None else rank
     if rank != 0:
         deadline = time.monotonic() + timeout_s
         while not osp.isdir(root):
@@ -868,16 +868,16 @@ def add_test_outputs(cfg: Config, *, out: Optional[str] = None, show: bool = Fal
     if out is None:
         return
     evaluators = cfg.test_evaluator
+    metrics = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
     if toolbox == 'mmdet':
         if not out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out {out!r}: MMDetection dumps the predictions to a pickle '
                              "file; expected a name ending in '.pkl' or '.pickle'")
-        listed = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
-        cfg.test_evaluator = listed + [dict(type='DumpDetResults', out_file_path=out)]
+        cfg.test_evaluator = metrics + [dict(type='DumpDetResults', out_file_path=out)]
         return
     # As MMSegmentation's test.py: every metric is told (IoUMetric and CityscapesMetric write
     # there, and keep_results keeps CityscapesMetric's files after it has scored them).
-    for metric in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+    for metric in metrics:
         metric['output_dir'] = out
         metric['keep_results'] = True
 
