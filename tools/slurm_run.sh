@@ -6,15 +6,10 @@ slurm_run() {
     local partition=$1 job_name=$2 script=$3
     shift 3
     local gpus=${GPUS:-8} per_node=${GPUS_PER_NODE:-8} cpus=${CPUS_PER_TASK:-5}
-    local name value
-    for name in GPUS GPUS_PER_NODE CPUS_PER_TASK; do
-        case $name in
-            GPUS) value=$gpus ;;
-            GPUS_PER_NODE) value=$per_node ;;
-            *) value=$cpus ;;
-        esac
-        if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
-            echo "$0: $name=$value is not valid; expected a number >= 1" >&2
+    local setting
+    for setting in "GPUS=$gpus" "GPUS_PER_NODE=$per_node" "CPUS_PER_TASK=$cpus"; do
+        if ! [[ "${setting#*=}" =~ ^[1-9][0-9]*$ ]]; then
+            echo "$0: $setting is not valid; expected a number >= 1" >&2
             exit 2
         fi
     done
